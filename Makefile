@@ -1,0 +1,30 @@
+# Quick start: `make demo` (set up, write the built-in tiny model, draw one image) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_PROMPT ?= a red circle on the left on a blue background
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.torch: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[torch]'
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.torch
+
+demo: $(VENV)/.torch
+	@test -f out/tiny/model_index.json || $(BIN)/qiedge init --preset tiny --out out/tiny
+	$(BIN)/qiedge generate "$(DEMO_PROMPT)" --model out/tiny --width 256 --height 256 --out out/demo.png
+	@echo "demo image: $(CURDIR)/out/demo.png"
+
+test: $(VENV)/.test
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf out .pytest_cache

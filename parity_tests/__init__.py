@@ -1,0 +1,1 @@
+"""Parity of every qiedge artifact against the PyTorch reference and diffusers."""

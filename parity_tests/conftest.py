@@ -1,0 +1,49 @@
+"""Fixtures: one tiny model directory, loaded by qiedge and by diffusers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qiedge.reference_model import presets
+from qiedge.reference_model.model_dir import ModelDir, init_model_dir
+
+FP32_REL_L2 = 1e-5  # DESIGN.md: fp32 graphs vs reference, per component
+
+
+def rel_l2(actual, expected) -> float:
+    actual, expected = (np.asarray(x, dtype=np.float64) for x in (actual, expected))
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return init_model_dir(presets.TINY, tmp_path_factory.mktemp("models") / "tiny", seed=7)
+
+
+@pytest.fixture(scope="session")
+def model(tiny_dir):
+    return ModelDir.open(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def diffusers_pipe(tiny_dir):
+    diffusers = pytest.importorskip("diffusers")
+    from diffusers.utils import logging as d_logging
+
+    d_logging.set_verbosity_error()
+    pipe = diffusers.QwenImage21Pipeline.from_pretrained(tiny_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def transformer(model):
+    return model.load_transformer()
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield

@@ -1,0 +1,1 @@
+"""INT8 / FP8 quantization of the transformer and its accuracy report."""

@@ -1,0 +1,246 @@
+"""Diffusers-format model directories: write one (`qiedge init`), read one back.
+
+A directory holds `model_index.json` and one folder per component (`transformer/`, `vae/`,
+`text_encoder/`, `processor/`, `scheduler/`), each with its `config.json` and safetensors; the
+same directory loads in diffusers' `QwenImage21Pipeline.from_pretrained` offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import presets, weights
+from .presets import EncoderConfig, Preset, TransformerConfig, VAEConfig
+from .scheduler import SchedulerConfig
+from .transformer import QwenImage2Transformer
+from .vae import QwenImage2VAE
+
+DIFFUSERS_VERSION = "0.42.1"
+COMPONENTS = ("transformer", "vae", "text_encoder", "processor", "scheduler")
+
+# Renders the system message exactly as the pipeline's raw template does; the pipeline counts
+# its tokens to know how many to drop.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
+    "{%- elif part['type'] == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+class ModelDirError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    path: Path
+    transformer: TransformerConfig
+    vae: VAEConfig
+    scheduler: SchedulerConfig
+    sample_sigmas: tuple[float, ...] | None
+
+    @classmethod
+    def open(cls, path: str | Path) -> "ModelDir":
+        path = Path(path)
+        if not (path / "model_index.json").is_file():
+            raise ModelDirError(f"{path} is not a model directory: no model_index.json")
+        missing = [c for c in COMPONENTS if not (path / c).is_dir()]
+        if missing:
+            raise ModelDirError(f"{path} is missing component folder(s): {', '.join(missing)}")
+        index = _read_json(path / "model_index.json")
+        sigmas = index.get("sample_sigmas")
+        return cls(
+            path=path,
+            transformer=presets.from_dict(TransformerConfig, _read_json(path / "transformer" / "config.json")),
+            vae=presets.from_dict(VAEConfig, _read_json(path / "vae" / "config.json")),
+            scheduler=presets.from_dict(SchedulerConfig, _read_json(path / "scheduler" / "scheduler_config.json")),
+            sample_sigmas=tuple(sigmas) if sigmas else None,
+        )
+
+    def fingerprint(self) -> str:
+        """sha256 over every file's path and content: the identity of these exact weights."""
+        digest = hashlib.sha256()
+        for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
+            digest.update(file.relative_to(self.path).as_posix().encode() + b"\0")
+            digest.update(sha256_file(file).encode())
+        return digest.hexdigest()
+
+    def load_transformer(self, dtype=torch.float32, device="cpu") -> QwenImage2Transformer:
+        with torch.device("meta"):
+            module = QwenImage2Transformer(self.transformer)
+        return weights.load_into(module, self.path / "transformer", dtype, device)
+
+    def load_vae(self, dtype=torch.float32, device="cpu") -> QwenImage2VAE:
+        with torch.device("meta"):
+            module = QwenImage2VAE(self.vae)
+        return weights.load_into(module, self.path / "vae", dtype, device)
+
+    def load_condition_encoder(self, dtype=torch.float32, device="cpu"):
+        from transformers import Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+        from transformers.utils import logging as hf_logging
+
+        from .condition_encoder import ConditionEncoder
+
+        folder = self.path / "text_encoder"
+        if not (folder / "config.json").is_file():
+            raise ModelDirError(f"{folder} has no config.json")
+        weights.weight_files(folder)
+        hf_logging.disable_progress_bar()
+        model = Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        processor = Qwen3VLProcessor.from_pretrained(self.path / "processor", local_files_only=True)
+        return ConditionEncoder(model.to(device).eval(), processor)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelDirError(f"missing {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelDirError(f"{path} is not valid JSON: {e}") from None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def init_model_dir(preset: Preset, out: str | Path, seed: int = 0) -> Path:
+    """Write a complete model directory with deterministic random weights.
+
+    Everything is written to a temporary folder beside `out` and renamed at the end, so a
+    failure never leaves a half-written model behind.
+    """
+    out = Path(out)
+    if preset.name == presets.QWEN_IMAGE_2_7B.name:
+        raise ModelDirError("init writes random weights for the tiny and small presets only; "
+                            "the 7B preset is built on the meta device or loaded from a checkpoint")
+    if out.exists() and any(out.iterdir()):
+        raise ModelDirError(f"{out} already exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_components(preset, tmp, seed)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_components(preset: Preset, root: Path, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    transformer = QwenImage2Transformer(preset.transformer)
+    _randomize(transformer, generator)
+    _write_diffusers_module(root / "transformer", transformer, preset.transformer, "QwenImage21Transformer2DModel")
+    vae = QwenImage2VAE(preset.vae)
+    _randomize(vae, generator)
+    _write_diffusers_module(root / "vae", vae, preset.vae, "AutoencoderKLQwenImage21")
+    _write_text_encoder(root, preset.encoder, seed)
+    _write_processor(root / "processor")
+    _write_json(root / "scheduler" / "scheduler_config.json", {
+        "_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": DIFFUSERS_VERSION,
+        **presets.config_dict(SchedulerConfig()),
+        "invert_sigmas": False, "stochastic_sampling": False, "use_beta_sigmas": False,
+        "use_exponential_sigmas": False, "use_karras_sigmas": False,
+    })
+    _write_json(root / "model_index.json", {
+        "_class_name": "QwenImage21Pipeline", "_diffusers_version": DIFFUSERS_VERSION,
+        "processor": ["transformers", "Qwen3VLProcessor"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "Qwen3VLForConditionalGeneration"],
+        "transformer": ["diffusers", "QwenImage21Transformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKLQwenImage21"],
+        "sample_sigmas": list(preset.sample_sigmas) if preset.sample_sigmas else None,
+    })
+
+
+@torch.no_grad()
+def _randomize(module: nn.Module, generator: torch.Generator) -> None:
+    """Deterministic weights with the scale of a trained net: 1/sqrt(fan_in) for linear maps,
+    norms perturbed around their identity value so every parameter matters in parity tests."""
+    for name, p in module.named_parameters():
+        if name.endswith("bias"):
+            p.copy_(0.02 * torch.randn(p.shape, generator=generator))
+        elif name.endswith("gamma") or p.ndim == 1:
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+        else:
+            p.copy_(torch.randn(p.shape, generator=generator) / p[0].numel() ** 0.5)
+
+
+def _write_diffusers_module(folder: Path, module: nn.Module, config, class_name: str) -> None:
+    folder.mkdir(parents=True)
+    _write_json(folder / "config.json", {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION,
+                                          **presets.config_dict(config)})
+    weights.save(module, folder / "diffusion_pytorch_model.safetensors")
+
+
+def _write_text_encoder(root: Path, config: EncoderConfig, seed: int) -> None:
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_config = Qwen3VLConfig(
+        text_config=dict(config.text_config), vision_config=dict(config.vision_config),
+        image_token_id=config.image_token_id, video_token_id=config.video_token_id,
+        vision_start_token_id=config.vision_start_token_id, vision_end_token_id=config.vision_end_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(hf_config).eval()
+    model.save_pretrained(root / "text_encoder")
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer with no merges (one token per UTF-8 byte) plus Qwen's special
+    tokens, ids 256.. in the order of `presets.TINY_SPECIAL_TOKENS`."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in presets.TINY_SPECIAL_TOKENS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def _write_processor(folder: Path) -> None:
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    # Pixel limits wide enough that images already a multiple of 32 px are never resized: each
+    # encoder slot must cover exactly the 2x2 latent tokens the VAE makes of the same pixels.
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=16, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": 32 * 32, "longest_edge": 4096 * 4096},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    video_processor = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=build_tokenizer(),
+                                 video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(folder)

@@ -1,0 +1,98 @@
+"""The CLI as a user drives it: exit codes, one-line errors, files and metadata."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from qiedge.reference_model import presets
+from qiedge.reference_model.model_dir import init_model_dir
+
+
+def qiedge(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "qiedge.runtime.cli", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return init_model_dir(presets.TINY, tmp_path_factory.mktemp("cli") / "tiny", seed=0)
+
+
+def test_generate_writes_png_with_metadata(tiny, tmp_path):
+    out = tmp_path / "img.png"
+    result = qiedge("generate", "a red circle", "--model", str(tiny), "--width", "64", "--height", "96",
+                    "--seed", "5", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    image = Image.open(out)
+    assert image.size == (64, 96) and image.mode == "RGBA"
+    assert image.text["qiedge:prompt"] == "a red circle"
+    assert image.text["qiedge:seed"] == "5"
+    assert image.text["qiedge:steps"] == "4"
+    assert image.text["qiedge:model_hash"] == report["model_hash"] and len(report["model_hash"]) == 64
+
+
+def test_generate_is_deterministic_and_edits(tiny, tmp_path):
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for p in paths:
+        assert qiedge("generate", "x", "--model", str(tiny), "--width", "32", "--height", "32", "--out", str(p)).returncode == 0
+    assert Image.open(paths[0]).tobytes() == Image.open(paths[1]).tobytes()
+    edited = tmp_path / "edit.png"
+    result = qiedge("generate", "make it blue", "--model", str(tiny), "--image", str(paths[0]), "--resolution", "64",
+                    "--width", "64", "--height", "64", "--out", str(edited))
+    assert result.returncode == 0, result.stderr
+    assert Image.open(edited).size == (64, 64)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--width", "100"], "width 100 must be a multiple of 32"),
+    (["--height", "4096"], "height 4096 must be a multiple of 32 between 32 and 2048"),
+    (["--steps", "0"], "steps must be >= 1"),
+])
+def test_bad_sizes_fail_in_one_line(tiny, args, needle):
+    result = qiedge("generate", "x", "--model", str(tiny), *args)
+    assert result.returncode == 2
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_prompt_past_the_limit(tiny):
+    result = qiedge("generate", "a" * 1100, "--model", str(tiny), "--width", "32", "--height", "32")
+    assert result.returncode == 2 and "1100 tokens long; the limit is 1024" in result.stderr
+
+
+def test_missing_component_and_bad_weights(tiny, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny, broken)
+    shutil.rmtree(broken / "vae")
+    result = qiedge("generate", "x", "--model", str(broken))
+    assert result.returncode == 2 and "missing component folder(s): vae" in result.stderr
+
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(tiny, mismatched)
+    config = json.loads((mismatched / "transformer" / "config.json").read_text())
+    config["num_layers"] = 3
+    (mismatched / "transformer" / "config.json").write_text(json.dumps(config))
+    result = qiedge("generate", "x", "--model", str(mismatched), "--width", "32", "--height", "32")
+    assert result.returncode == 2 and "missing 9: transformer_blocks.2." in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Traceback" in qiedge("--debug", "generate", "x", "--model", str(mismatched)).stderr
+
+
+def test_init_refuses_to_overwrite(tiny):
+    result = qiedge("init", "--preset", "tiny", "--out", str(tiny))
+    assert result.returncode == 2 and "already exists" in result.stderr
+
+
+def test_inspect_json(tiny):
+    result = qiedge("inspect", "--model", str(tiny), "--width", "512", "--height", "256", "--json")
+    info = json.loads(result.stdout)
+    assert info["resolution"]["image_tokens"] == 32 * 16
+    assert info["components"]["transformer"]["stored_dtype"] == "f32"
+    params = info["components"]["transformer"]["parameters"]
+    assert info["components"]["transformer"]["memory_bytes"]["fp16"] == 2 * params
