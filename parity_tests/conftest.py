@@ -47,3 +47,12 @@ def transformer(model):
 def _no_grad():
     with torch.no_grad():
         yield
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32(tiny_dir, tmp_path_factory):
+    from qiedge.export.run import export_onnx
+
+    out = tmp_path_factory.mktemp("artifacts") / "fp32"
+    export_onnx(out, "fp32", model=ModelDir.open(tiny_dir))
+    return out

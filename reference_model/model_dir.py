@@ -3,25 +3,21 @@
 A directory holds `model_index.json` and one folder per component (`transformer/`, `vae/`,
 `text_encoder/`, `processor/`, `scheduler/`), each with its `config.json` and safetensors; the
 same directory loads in diffusers' `QwenImage21Pipeline.from_pretrained` offline.
+
+Reading configs needs no torch; loading or writing weights imports it when called.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from . import presets, weights
+from . import presets
+from .files import sha256_file, staged_directory
 from .presets import EncoderConfig, Preset, TransformerConfig, VAEConfig
 from .scheduler import SchedulerConfig
-from .transformer import QwenImage2Transformer
-from .vae import QwenImage2VAE
 
 DIFFUSERS_VERSION = "0.42.1"
 COMPONENTS = ("transformer", "vae", "text_encoder", "processor", "scheduler")
@@ -80,17 +76,22 @@ class ModelDir:
             digest.update(sha256_file(file).encode())
         return digest.hexdigest()
 
-    def load_transformer(self, dtype=torch.float32, device="cpu") -> QwenImage2Transformer:
-        with torch.device("meta"):
-            module = QwenImage2Transformer(self.transformer)
-        return weights.load_into(module, self.path / "transformer", dtype, device)
+    @property
+    def encoder_config(self) -> dict:
+        return _read_json(self.path / "text_encoder" / "config.json")
 
-    def load_vae(self, dtype=torch.float32, device="cpu") -> QwenImage2VAE:
-        with torch.device("meta"):
-            module = QwenImage2VAE(self.vae)
-        return weights.load_into(module, self.path / "vae", dtype, device)
+    def load_transformer(self, dtype=None, device="cpu"):
+        from .transformer import QwenImage2Transformer
 
-    def load_condition_encoder(self, dtype=torch.float32, device="cpu"):
+        return _load(QwenImage2Transformer, self.transformer, self.path / "transformer", dtype, device)
+
+    def load_vae(self, dtype=None, device="cpu"):
+        from .vae import QwenImage2VAE
+
+        return _load(QwenImage2VAE, self.vae, self.path / "vae", dtype, device)
+
+    def load_condition_encoder(self, dtype=None, device="cpu"):
+        import torch
         from transformers import Qwen3VLForConditionalGeneration, Qwen3VLProcessor
         from transformers.utils import logging as hf_logging
 
@@ -99,19 +100,27 @@ class ModelDir:
         folder = self.path / "text_encoder"
         if not (folder / "config.json").is_file():
             raise ModelDirError(f"{folder} has no config.json")
-        weights.weight_files(folder)
+        weight_files(folder)
         hf_logging.disable_progress_bar()
-        model = Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        model = Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=dtype or torch.float32, local_files_only=True)
         processor = Qwen3VLProcessor.from_pretrained(self.path / "processor", local_files_only=True)
         return ConditionEncoder(model.to(device).eval(), processor)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def _load(cls, config, folder: Path, dtype, device):
+    import torch
+
+    from .weights import load_into
+
+    with torch.device("meta"):
+        module = cls(config)
+    return load_into(module, folder, dtype or torch.float32, device)
+
+
+def weight_files(folder: Path) -> list[Path]:
+    from .weights import weight_files as files
+
+    return files(folder)
 
 
 def _read_json(path: Path) -> dict:
@@ -131,29 +140,22 @@ def _write_json(path: Path, data: dict) -> None:
 def init_model_dir(preset: Preset, out: str | Path, seed: int = 0) -> Path:
     """Write a complete model directory with deterministic random weights.
 
-    Everything is written to a temporary folder beside `out` and renamed at the end, so a
-    failure never leaves a half-written model behind.
+    Written through `staged_directory`, so a failure never leaves a half-written model behind.
     """
-    out = Path(out)
     if preset.name == presets.QWEN_IMAGE_2_7B.name:
         raise ModelDirError("init writes random weights for the tiny and small presets only; "
                             "the 7B preset is built on the meta device or loaded from a checkpoint")
-    if out.exists() and any(out.iterdir()):
-        raise ModelDirError(f"{out} already exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_directory(Path(out)) as tmp:
         _write_components(preset, tmp, seed)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def _write_components(preset: Preset, root: Path, seed: int) -> None:
+    import torch
+
+    from .transformer import QwenImage2Transformer
+    from .vae import QwenImage2VAE
+
     generator = torch.Generator().manual_seed(seed)
     transformer = QwenImage2Transformer(preset.transformer)
     _randomize(transformer, generator)
@@ -180,11 +182,13 @@ def _write_components(preset: Preset, root: Path, seed: int) -> None:
     })
 
 
-@torch.no_grad()
-def _randomize(module: nn.Module, generator: torch.Generator) -> None:
+def _randomize(module, generator) -> None:
     """Deterministic weights with the scale of a trained net: 1/sqrt(fan_in) for linear maps,
     norms perturbed around their identity value so every parameter matters in parity tests."""
+    import torch
+
     for name, p in module.named_parameters():
+        p.requires_grad_(False)
         if name.endswith("bias"):
             p.copy_(0.02 * torch.randn(p.shape, generator=generator))
         elif name.endswith("gamma") or p.ndim == 1:
@@ -193,14 +197,17 @@ def _randomize(module: nn.Module, generator: torch.Generator) -> None:
             p.copy_(torch.randn(p.shape, generator=generator) / p[0].numel() ** 0.5)
 
 
-def _write_diffusers_module(folder: Path, module: nn.Module, config, class_name: str) -> None:
+def _write_diffusers_module(folder: Path, module, config, class_name: str) -> None:
+    from .weights import save
+
     folder.mkdir(parents=True)
     _write_json(folder / "config.json", {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION,
                                           **presets.config_dict(config)})
-    weights.save(module, folder / "diffusion_pytorch_model.safetensors")
+    save(module, folder / "diffusion_pytorch_model.safetensors")
 
 
 def _write_text_encoder(root: Path, config: EncoderConfig, seed: int) -> None:
+    import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.utils import logging as hf_logging
 

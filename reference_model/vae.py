@@ -220,21 +220,17 @@ class QwenImage2VAE(nn.Module):
         self.quant_conv = nn.Conv2d(config.z_dim * 2, config.z_dim * 2, 1)
         self.post_quant_conv = nn.Conv2d(config.z_dim, config.z_dim, 1)
         self.decoder = Decoder(config)
-
-    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent mean and std [1, z, 1, 1], from the config (not buffers: the module may be built on meta)."""
-        mean = torch.tensor(self.config.latents_mean, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.config.latents_std, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
-        return mean, std
+        # Statistics from the config, on the CPU even when the weights are built on meta.
+        stats = {"latents_mean": config.latents_mean, "latents_std": config.latents_std}
+        for name, values in stats.items():
+            self.register_buffer(name, torch.tensor(values, device="cpu").view(1, -1, 1, 1), persistent=False)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """Normalised posterior mean [B, z, H/16, W/16] of an image [B, 4, H, W] in [-1, 1]."""
         mean = self.quant_conv(self.encoder(image))[:, : self.config.z_dim]
-        latents_mean, latents_std = self._stats(mean)
-        return (mean - latents_mean) / latents_std
+        return (mean - self.latents_mean) / self.latents_std
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Image [B, 4, H, W] in [-1, 1] from normalised latents [B, z, h, w]."""
-        latents_mean, latents_std = self._stats(latents)
-        z = latents * latents_std + latents_mean
+        z = latents * self.latents_std + self.latents_mean
         return self.decoder(self.post_quant_conv(z)).clamp(-1.0, 1.0)

@@ -64,7 +64,7 @@ def load_into(module: nn.Module, folder: Path, dtype: torch.dtype = torch.float3
             for key in f.keys():
                 state[key] = f.get_tensor(key).to(dtype)
     module.load_state_dict(state, strict=True, assign=True)
-    return module.eval()
+    return module.to(device=device, dtype=dtype).eval()  # buffers computed from the config follow
 
 
 def save(module: nn.Module, path: Path) -> None:

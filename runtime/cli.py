@@ -43,10 +43,10 @@ def cmd_generate(args) -> None:
 
     from PIL import Image
 
-    from qiedge.reference_model.model_dir import ModelDir
-    from qiedge.reference_model.pipeline import Request, TorchPipeline, schedule_for, to_uint8
     from qiedge.runtime.images import save_png
     from qiedge.runtime.progress import step_progress
+    from qiedge.runtime.runner import open_runtime
+    from qiedge.runtime.sampler import PIXELS_PER_TOKEN, Request, generate, schedule_for, to_uint8
 
     request = Request(
         prompts=[args.prompt] * args.batch, width=args.width, height=args.height, steps=args.steps,
@@ -54,19 +54,81 @@ def cmd_generate(args) -> None:
         images=[Image.open(p) for p in args.image], resolution=args.resolution,
     )
     request.validate()
-    model = ModelDir.open(args.model or default_model_dir())
+    model = args.model or (None if args.artifacts else default_model_dir())
     start = time.perf_counter()
-    pipeline = TorchPipeline(model)
+    runtime = open_runtime(model=model, artifacts=args.artifacts, backend=args.backend,
+                           encoder_backend=args.encoder_backend, threads=args.threads)
     with step_progress("denoising", quiet=args.json) as on_step:
-        images = to_uint8(pipeline(request, on_step=on_step))
+        images = to_uint8(generate(request, runtime.facts, runtime.sessions, on_step=on_step))
     seconds = time.perf_counter() - start
-    steps = len(schedule_for(model, (args.width // 16) * (args.height // 16), args.steps)) - 1
+    tokens = (args.width // PIXELS_PER_TOKEN) * (args.height // PIXELS_PER_TOKEN)
     metadata = {"prompt": args.prompt, "negative_prompt": args.negative_prompt or "", "seed": args.seed,
-                "steps": steps, "cfg": args.cfg, "width": args.width, "height": args.height,
-                "model": str(model.path), "model_hash": model.fingerprint()}
+                "steps": len(schedule_for(runtime.facts, tokens, args.steps)) - 1, "cfg": args.cfg,
+                "width": args.width, "height": args.height, "model": runtime.source, "model_hash": runtime.source_hash}
     outputs = save_png(images, Path(args.out), metadata)
     _emit(args, {**metadata, "images": [str(p) for p in outputs], "seconds": round(seconds, 3)},
           "\n".join(f"wrote {p}" for p in outputs) + f"  ({seconds:.2f} s)")
+
+
+def cmd_export(args) -> None:
+    from qiedge.reference_model import presets
+    from qiedge.reference_model.model_dir import ModelDir
+
+    if args.target != "onnx":
+        raise ValueError(f"target {args.target} is not built yet; onnx is")
+    if bool(args.model) == bool(args.preset):
+        raise ValueError("export needs exactly one of --model DIR or --preset P")
+    from qiedge.export.run import export_onnx
+
+    model = ModelDir.open(args.model) if args.model else None
+    preset = presets.get_preset(args.preset) if args.preset else None
+    components = args.components.split(",") if args.components else None
+    report = lambda name, seconds: args.json or print(f"exported {name} in {seconds:.1f} s", file=sys.stderr)
+    manifest = export_onnx(args.out, args.precision, model=model, preset=preset, seed=args.seed,
+                           components=components, on_component=report)
+    if model is not None and not args.no_parity:
+        manifest = _record_parity(Path(args.out), model.path)
+    failed = [n for n, c in manifest["components"].items() if c["parity"] and not c["parity"]["passed"]]
+    _emit(args, manifest, f"wrote {args.out} ({', '.join(manifest['components'])})")
+    if failed:
+        raise ValueError(f"exported, but parity misses its threshold for: {', '.join(failed)} (see manifest.json)")
+
+
+def _record_parity(out: Path, model: Path) -> dict:
+    """Measure each component against the reference and write the figures into the manifest."""
+    import os
+
+    from qiedge.parity_tests.checks import run_parity
+    from qiedge.runtime.artifacts import MANIFEST
+
+    report = run_parity(out, model, end_to_end=False)
+    manifest = json.loads((out / MANIFEST).read_text())
+    for name, result in report["components"].items():
+        manifest["components"][name]["parity"] = {
+            "reference": "torch fp32", "threshold_rel_l2": result["threshold_rel_l2"],
+            "worst_rel_l2": result["worst_rel_l2"], "cases": len(result["cases"]), "passed": result["passed"]}
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+def cmd_parity(args) -> None:
+    from qiedge.parity_tests.checks import run_parity
+
+    report = run_parity(args.artifacts, args.model, end_to_end=not args.no_end_to_end)
+    if args.json:
+        text = json.dumps(report, indent=2)
+        print(text) if args.json == "-" else Path(args.json).write_text(text + "\n")
+    lines = [f"{'component':<20} {'worst rel L2':>13} {'bound':>8}  result"]
+    for name, c in report["components"].items():
+        lines.append(f"{name:<20} {c['worst_rel_l2']:>13.2e} {c['threshold_rel_l2']:>8.0e}  {'ok' if c['passed'] else 'FAIL'}")
+    for c in report.get("end_to_end", {}).get("cases", []):
+        lines.append(f"end to end {c['case']:<24} PSNR {c['psnr_db']:>6.1f} dB  rel L2 {c['rel_l2']:.2e}")
+    if args.json != "-":
+        print("\n".join(lines))
+    if not report["passed"]:
+        raise ValueError("parity failed: " + "; ".join(report["failures"]))
 
 
 def cmd_inspect(args) -> None:
@@ -98,9 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("generate", help="text-to-image, or editing with --image, on the torch reference")
+    p = sub.add_parser("generate", help="text-to-image, or editing with --image")
     p.add_argument("prompt")
-    p.add_argument("--model", help="model directory (default: the built-in tiny model)")
+    p.add_argument("--model", help="model directory (default: the built-in tiny model, unless --artifacts)")
+    p.add_argument("--artifacts", help="exported artifacts directory")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"),
+                   help="default: onnxruntime with --artifacts, else torch")
+    p.add_argument("--encoder-backend", choices=("torch", "onnxruntime"),
+                   help="run the condition encoder elsewhere (editing needs torch: the vision tower is not exported)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     p.add_argument("--image", action="append", default=[], help="condition image for editing (repeatable)")
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--height", type=int, default=256)
@@ -113,6 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="qiedge.png")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="export every component to an artifacts directory")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", help="model directory (weights streamed from its safetensors)")
+    source.add_argument("--preset", help="a preset with deterministic stand-in weights, e.g. qwen-image-2-7b")
+    p.add_argument("--target", choices=("onnx", "coreml", "tensorrt"), default="onnx")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    p.add_argument("--out", required=True)
+    p.add_argument("--components", help="comma-separated subset (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="stand-in weights' seed (with --preset)")
+    p.add_argument("--no-parity", action="store_true", help="skip measuring parity into the manifest")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("parity", help="check artifacts against the reference, per component and end to end")
+    p.add_argument("--artifacts", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--json", metavar="REPORT", help="write the full report as JSON to this file ('-': stdout)")
+    p.add_argument("--no-end-to-end", action="store_true")
+    p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser("inspect", help="components, parameters, memory per precision, token counts")
     source = p.add_mutually_exclusive_group()

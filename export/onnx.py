@@ -1,0 +1,152 @@
+"""ONNX export: one mechanism for every component spec.
+
+Stages, each checked before the next:
+1. trace the wrapper on the meta device with torch's dynamo exporter (no weights in memory);
+2. bind weights: stream each initializer from its source into the folder's shared external-data
+   file (graphs of one folder, e.g. the transformer's prefix, step and one-shot graphs, share
+   it), folding weight transposes into the stored layout on the way;
+3. optimize the graph structure (onnxscript; weights are never loaded for it);
+4. save, then `onnx.checker` and shape inference on the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .specs import ComponentSpec, ModelConfigs, declared_shape, dynamic_shapes, trace_inputs
+
+# Opset 18: torch's dynamo exporter targets it natively, and both ONNX Runtime and TensorRT 10's
+# ONNX parser read it.
+OPSET = 18
+WEIGHTS_FILE = "weights.bin"
+ALIGNMENT = 64
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass
+class WeightStore:
+    """An append-only external-data file; a tensor already written (same key, same layout) is
+    reused, so graphs that share a folder share their weights."""
+
+    folder: Path
+    offsets: dict[tuple[str, bool], tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.folder / WEIGHTS_FILE
+
+    def add(self, key: str, transposed: bool, make) -> tuple[int, int]:
+        if (key, transposed) not in self.offsets:
+            array = np.ascontiguousarray(make())
+            with open(self.path, "ab") as f:
+                offset = f.seek(0, os.SEEK_END)
+                pad = -offset % ALIGNMENT
+                f.write(b"\0" * pad)
+                f.write(array.tobytes())
+            self.offsets[(key, transposed)] = (offset + pad, array.nbytes)
+        return self.offsets[(key, transposed)]
+
+
+def trace(spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype):
+    """Stage 1: the wrapper traced on the meta device into an onnx_ir model (initializers without data)."""
+    import warnings
+
+    with torch.device("meta"):
+        module = spec.build(configs).to(device="meta", dtype=precision).eval()
+    inputs = trace_inputs(spec, configs, precision, device="meta")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (), kwargs=inputs, dynamic_shapes=dynamic_shapes(spec, configs), dynamo=True,
+            opset_version=OPSET, optimize=False, output_names=[o.name for o in spec.outputs], verbose=False,
+        )
+    if program is None:
+        raise ExportError(f"{spec.name}: the exporter returned nothing")
+    return program.model
+
+
+def bind_weights(model, spec: ComponentSpec, source, store: WeightStore, precision: torch.dtype, extras: dict) -> int:
+    """Stage 2: point every initializer at the external-data file; returns the bytes bound."""
+    import onnx_ir as ir
+
+    bound = 0
+    for name, value in list(model.graph.initializers.items()):
+        key = name.removeprefix(spec.key_prefix)
+        if key in extras:
+            make = lambda key=key: extras[key].astype(value.dtype.numpy())
+        elif key in source:
+            make = lambda key=key: source.get(key, precision)
+        else:
+            raise ExportError(f"{spec.name}: graph weight {name} has no source (checkpoint key {key})")
+        transposes = [u.node for u in value.uses()]
+        transposed = bool(transposes) and len(value.shape) == 2 and all(_is_matrix_transpose(n) for n in transposes)
+        if transposed:
+            for node in transposes:
+                node.outputs[0].replace_all_uses_with(value)
+                model.graph.remove(node, safe=True)
+            shape = ir.Shape(list(value.shape)[::-1])
+            offset, length = store.add(key, True, lambda make=make: make().T)
+        else:
+            shape = ir.Shape(list(value.shape))
+            offset, length = store.add(key, False, make)
+        value.shape = shape
+        value.const_value = ir.ExternalTensor(WEIGHTS_FILE, offset, length, value.dtype, shape=shape, name=name,
+                                              base_dir=str(store.folder))
+        bound += length
+    return bound
+
+
+def _is_matrix_transpose(node) -> bool:
+    perm = node.attributes.get("perm")
+    return node.op_type == "Transpose" and perm is not None and list(perm.as_ints()) == [1, 0]
+
+
+def optimize(model) -> None:
+    """Stage 3: fold shape arithmetic and sequence ops; size limits keep weights untouched."""
+    import onnxscript.optimizer
+
+    onnxscript.optimizer.optimize(model)
+
+
+def save_and_check(model, path: Path, spec: ComponentSpec, configs: ModelConfigs) -> None:
+    """Stage 4: write the graph, check it and run shape inference on the file."""
+    import onnx
+    import onnx_ir as ir
+
+    _name_dims(model, spec, configs)
+    ir.save(model, path)
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+        onnx.shape_inference.infer_shapes_path(str(path), str(path.with_suffix(".inferred.onnx")), check_type=True)
+    except Exception as e:
+        raise ExportError(f"{spec.name}: {path.name} fails the ONNX checker: {e}") from e
+    finally:
+        path.with_suffix(".inferred.onnx").unlink(missing_ok=True)
+
+
+def _name_dims(model, spec: ComponentSpec, configs: ModelConfigs) -> None:
+    """Give every graph input and output the spec's symbolic dims, so the file documents itself."""
+    import onnx_ir as ir
+
+    declared = {t.name: declared_shape(t, configs) for t in (*spec.inputs, *spec.outputs)}
+    for value in (*model.graph.inputs, *model.graph.outputs):
+        if value.name in declared:
+            value.shape = ir.Shape(declared[value.name])
+
+
+def export_component(spec: ComponentSpec, configs: ModelConfigs, source, precision: torch.dtype,
+                     store: WeightStore, extras: dict) -> Path:
+    model = trace(spec, configs, precision)
+    bind_weights(model, spec, source, store, precision, extras)
+    optimize(model)
+    path = store.folder / spec.file
+    save_and_check(model, path, spec, configs)
+    return path

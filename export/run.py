@@ -1,0 +1,143 @@
+"""`qiedge export --target onnx`: every component of a model (or a preset, with deterministic
+stand-in weights) to an artifacts directory with its manifest.
+
+Written through `staged_directory`, so a failed or interrupted export never leaves a
+half-written artifacts directory.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import qiedge
+from qiedge.reference_model.files import sha256_file, staged_directory
+from qiedge.reference_model.model_dir import ModelDir
+from qiedge.reference_model.presets import Preset, config_dict
+from qiedge.runtime.artifacts import FORMAT_VERSION, MANIFEST
+
+from . import onnx as onnx_export
+from .sources import CheckpointSource, RandomSource
+from .specs import SPECS, ModelConfigs, declared_shape
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "transformers")
+TOKENIZER = "tokenizer/tokenizer.json"
+
+
+def model_configs(model: ModelDir | None, preset: Preset | None) -> ModelConfigs:
+    if model is not None:
+        return ModelConfigs(model.transformer, model.vae, model.encoder_config)
+    from transformers import Qwen3VLConfig
+
+    encoder = Qwen3VLConfig(text_config=dict(preset.encoder.text_config),
+                            vision_config=dict(preset.encoder.vision_config)).to_dict()
+    return ModelConfigs(preset.transformer, preset.vae, encoder)
+
+
+def _source(spec, model: ModelDir | None, configs: ModelConfigs, seed: int):
+    if model is not None:
+        return CheckpointSource(model.path / spec.weights)
+    with torch.device("meta"):
+        module = spec.build(configs)
+    return RandomSource({k.removeprefix(spec.key_prefix): tuple(v.shape) for k, v in module.state_dict().items()}, seed)
+
+
+def _write_tokenizer(folder: Path, model: ModelDir | None) -> None:
+    target = folder / TOKENIZER
+    target.parent.mkdir(parents=True)
+    if model is not None:
+        shutil.copyfile(model.path / "processor" / "tokenizer.json", target)
+    else:
+        from qiedge.reference_model.model_dir import build_tokenizer
+
+        build_tokenizer().backend_tokenizer.save(str(target))
+
+
+def _tool_versions() -> dict[str, str]:
+    return {name: importlib.metadata.version(name) for name in TOOLS}
+
+
+def export_onnx(out: str | Path, precision: str = "fp32", model: ModelDir | None = None, preset: Preset | None = None,
+                seed: int = 0, components: list[str] | None = None,
+                on_component: Callable[[str, float], None] | None = None) -> dict:
+    """Export, check, hash; returns the manifest written to `out/manifest.json`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    names = components or list(SPECS)
+    unknown = [n for n in names if n not in SPECS]
+    if unknown:
+        raise ValueError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(SPECS)}")
+    configs = model_configs(model, preset)
+    with staged_directory(Path(out)) as tmp:
+        stores, entries = {}, {}
+        for name in names:
+            spec = SPECS[name]
+            start = time.perf_counter()
+            store = stores.setdefault(spec.folder, onnx_export.WeightStore(tmp / spec.folder))
+            store.folder.mkdir(exist_ok=True)
+            path = onnx_export.export_component(spec, configs, _source(spec, model, configs, seed),
+                                                PRECISIONS[precision], store, spec.constants(configs))
+            entries[name] = _entry(spec, configs, path.relative_to(tmp), precision)
+            if on_component:
+                on_component(name, time.perf_counter() - start)
+        _write_tokenizer(tmp, model)
+        manifest = _manifest(tmp, entries, configs, model, preset, precision, seed)
+        (tmp / MANIFEST).write_text(_dumps(manifest))
+    return manifest
+
+
+def _entry(spec, configs: ModelConfigs, graph: Path, precision: str) -> dict:
+    def tensors(specs):
+        return [{"name": t.name, "dtype": precision if t.dtype == "float" else t.dtype,
+                 "shape": declared_shape(t, configs)} for t in specs]
+
+    return {"graph": graph.as_posix(), "files": {}, "inputs": tensors(spec.inputs), "outputs": tensors(spec.outputs),
+            "precision": precision, "quantization": None, "opset": onnx_export.OPSET, "parity": None}
+
+
+def _manifest(root: Path, entries: dict, configs: ModelConfigs, model, preset, precision: str, seed: int) -> dict:
+    for entry in entries.values():
+        graph = root / entry["graph"]
+        files = [graph, graph.parent / onnx_export.WEIGHTS_FILE]
+        entry["files"] = {f.relative_to(root).as_posix(): sha256_file(f) for f in files}
+    source = ({"model": str(model.path), "model_hash": model.fingerprint()} if model is not None else
+              {"preset": preset.name, "model_hash": f"random-weights:{preset.name}:seed{seed}"})
+    t = configs.transformer
+    return {
+        "format_version": FORMAT_VERSION,
+        "qiedge_version": qiedge.__version__,
+        "target": "onnx",
+        "precision": precision,
+        "source": source,
+        "model": {
+            "transformer": config_dict(t),
+            "vae": config_dict(configs.vae),
+            "axes_dims_rope": list(t.axes_dims_rope),
+            "latent_channels": t.in_channels,
+            "scheduler": config_dict(model.scheduler) if model is not None else config_dict(_default_scheduler()),
+            "sample_sigmas": list(model.sample_sigmas) if model is not None and model.sample_sigmas else
+            (list(preset.sample_sigmas) if preset is not None and preset.sample_sigmas else None),
+            "tokenizer": TOKENIZER,
+        },
+        "tools": _tool_versions(),
+        "notes": ["condition_encoder is Qwen3-VL's text path only: the vision tower (editing) runs on the torch backend"],
+        "components": entries,
+    }
+
+
+def _default_scheduler():
+    from qiedge.reference_model.scheduler import SchedulerConfig
+
+    return SchedulerConfig()
+
+
+def _dumps(data: dict) -> str:
+    import json
+
+    return json.dumps(data, indent=2) + "\n"

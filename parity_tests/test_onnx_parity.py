@@ -1,0 +1,110 @@
+"""Exported ONNX graphs in ONNX Runtime against the PyTorch reference."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qiedge.parity_tests.checks import Comparison, run_parity, transformer_cases
+from qiedge.reference_model.model_dir import ModelDir
+from qiedge.runtime.artifacts import ArtifactError, Artifacts
+from qiedge.runtime.backends import OnnxRuntimeBackend
+
+pytestmark = pytest.mark.slow
+
+
+def test_fp32_every_component_and_whole_images(onnx_fp32, tiny_dir):
+    report = run_parity(onnx_fp32, tiny_dir)
+    assert report["passed"], report["failures"]
+    assert set(report["components"]) == {"condition_encoder", "transformer_prefix", "transformer_step",
+                                         "transformer", "vae_encoder", "vae_decoder"}
+    for result in report["components"].values():
+        assert result["worst_rel_l2"] <= 1e-5
+    for case in report["end_to_end"]["cases"]:
+        assert case["psnr_db"] >= 50
+
+
+def test_fp16_images_within_35_db(tiny_dir, tmp_path):
+    from qiedge.export.run import export_onnx
+
+    export_onnx(tmp_path / "fp16", "fp16", model=ModelDir.open(tiny_dir))
+    report = run_parity(tmp_path / "fp16", tiny_dir)
+    assert report["passed"], report["failures"]
+    assert min(c["psnr_db"] for c in report["end_to_end"]["cases"]) >= 35
+
+
+def test_prefix_and_step_graphs_equal_the_one_shot_graph(onnx_fp32, tiny_dir):
+    backend = OnnxRuntimeBackend(Artifacts.open(onnx_fp32))
+    prefix, step, one_shot = (backend.load(n) for n in ("transformer_prefix", "transformer_step", "transformer"))
+    artifacts = Artifacts.open(onnx_fp32)
+    context = ModelDir.open(tiny_dir).transformer.context_in_dim
+    for (_, whole), (_, feeds) in zip(transformer_cases(artifacts.facts, context, "transformer"),
+                                      transformer_cases(artifacts.facts, context, "transformer_step")):
+        cache = prefix.run(feeds.pop("prefix"))
+        cached = step.run({**feeds, **cache})["velocity"]
+        assert Comparison.of(cached, one_shot.run(whole)["velocity"]).rel_l2 <= 1e-5
+
+
+def test_graphs_declare_symbolic_dims(onnx_fp32):
+    import onnx
+
+    graph = onnx.load(str(onnx_fp32 / "transformer" / "step.onnx"), load_external_data=False).graph
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert dims["latents"] == ["batch", "target", 64]
+    assert dims["past_keys"] == [2, "batch", 2, "prefix", 32]
+    manifest = Artifacts.open(onnx_fp32).manifest
+    assert manifest["components"]["vae_decoder"]["outputs"][0]["shape"] == ["batch", 4, "16*latent_height", "16*latent_width"]
+    assert manifest["components"]["transformer"]["opset"] == 18
+
+
+def test_tampered_or_missing_files_are_refused(onnx_fp32, tmp_path):
+    copy = tmp_path / "art"
+    shutil.copytree(onnx_fp32, copy)
+    with open(copy / "vae_decoder" / "weights.bin", "r+b") as f:
+        f.seek(128)
+        byte = f.read(1)
+        f.seek(128)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ArtifactError, match="vae_decoder/weights.bin does not match the sha256"):
+        OnnxRuntimeBackend(Artifacts.open(copy)).load("vae_decoder")
+    (copy / "transformer" / "step.onnx").unlink()
+    with pytest.raises(ArtifactError, match="transformer/step.onnx is missing"):
+        Artifacts.open(copy).verify("transformer_step")
+
+
+def test_generate_from_artifacts_never_imports_torch(onnx_fp32, tmp_path):
+    out = tmp_path / "img.png"
+    code = (
+        "import sys\n"
+        "from qiedge.runtime.cli import main\n"
+        f"rc = main(['generate', 'a red circle', '--artifacts', {str(onnx_fp32)!r}, '--width', '64', '--height', '32',"
+        f" '--out', {str(out)!r}, '--json'])\n"
+        "assert rc == 0\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert out.is_file()
+
+
+def test_tokenizer_matches_transformers_processor(onnx_fp32, model):
+    from qiedge.reference_model.prompt import chat_prompt
+    from qiedge.runtime.tokenizer import PromptTokenizer
+
+    from PIL import Image
+
+    ours = PromptTokenizer(Artifacts.open(onnx_fp32).facts.tokenizer_json)
+    processor = model.load_condition_encoder().processor
+    prompts = ["a red circle on the left", "", "日本語 and emoji 🎨"]
+    expected = processor(text=[chat_prompt(p, 0) for p in prompts], padding=True, padding_side="left", return_tensors="np")
+    tokens = ours(prompts)
+    np.testing.assert_array_equal(tokens.input_ids, expected["input_ids"])
+    np.testing.assert_array_equal(tokens.attention_mask, expected["attention_mask"])
+    image = Image.new("RGB", (96, 64))
+    expected = processor(text=[chat_prompt("make it blue", 1)], images=[image], return_tensors="np")
+    np.testing.assert_array_equal(ours(["make it blue"], [(96, 64)]).input_ids, expected["input_ids"])

@@ -1,0 +1,83 @@
+"""An artifacts directory: `manifest.json` plus one folder per exported component.
+
+Reading it needs no torch. Every file a component uses is checked against the sha256 the
+manifest records before that component is loaded; a mismatch is refused, naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from qiedge.reference_model.files import sha256_file
+from qiedge.reference_model.scheduler import SchedulerConfig
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the sampling loop needs to know about a model, wherever it comes from."""
+
+    axes_dims_rope: tuple[int, ...]
+    latent_channels: int
+    scheduler: SchedulerConfig
+    sample_sigmas: tuple[float, ...] | None
+    tokenizer_json: Path
+
+    @classmethod
+    def from_model_dir(cls, model) -> "ModelFacts":
+        return cls(model.transformer.axes_dims_rope, model.transformer.in_channels, model.scheduler,
+                   model.sample_sigmas, model.path / "processor" / "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    path: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Artifacts":
+        path = Path(path)
+        if not (path / MANIFEST).is_file():
+            raise ArtifactError(f"{path} is not an artifacts directory: no {MANIFEST}")
+        manifest = json.loads((path / MANIFEST).read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{path / MANIFEST} has format version {manifest.get('format_version')}; "
+                                f"this qiedge reads {FORMAT_VERSION}")
+        return cls(path, manifest)
+
+    @property
+    def facts(self) -> ModelFacts:
+        model = self.manifest["model"]
+        sigmas = model["sample_sigmas"]
+        return ModelFacts(tuple(model["axes_dims_rope"]), model["latent_channels"],
+                          SchedulerConfig(**model["scheduler"]), tuple(sigmas) if sigmas else None,
+                          self.path / model["tokenizer"])
+
+    @property
+    def components(self) -> dict[str, dict]:
+        return self.manifest["components"]
+
+    def component(self, name: str) -> dict:
+        if name not in self.components:
+            raise ArtifactError(f"{self.path} has no {name} component (it has: {', '.join(self.components)})")
+        return self.components[name]
+
+    def verify(self, name: str) -> Path:
+        """Check every file of a component against its recorded sha256; returns the graph's path."""
+        entry = self.component(name)
+        for relative, expected in entry["files"].items():
+            file = self.path / relative
+            if not file.is_file():
+                raise ArtifactError(f"{name}: {relative} is missing from {self.path}")
+            if sha256_file(file) != expected:
+                raise ArtifactError(f"{name}: {relative} does not match the sha256 in {MANIFEST}; "
+                                    f"the artifact was modified or corrupted, refusing to load it")
+        return self.path / entry["graph"]

@@ -1,0 +1,97 @@
+"""One Backend protocol: `load(component) -> Session`, `Session.run(feeds) -> outputs`.
+
+Sessions take and return NumPy arrays named as in the export specs, whatever runs them, so the
+sampler and the parity checks serve every backend. Each component may use a different backend.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from .artifacts import Artifacts
+
+
+class Session(Protocol):
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def load(self, component: str) -> Session: ...
+
+
+class OnnxRuntimeSession:
+    def __init__(self, session):
+        self.session = session
+        self.input_types = {i.name: i.type for i in session.get_inputs()}
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # fp16 graphs take fp16 floats; everything comes back as fp32 for the host.
+        cast = {n: v.astype(np.float16) if self.input_types[n] == "tensor(float16)" and v.dtype == np.float32 else v
+                for n, v in feeds.items() if n in self.input_types}
+        outputs = self.session.run(self.output_names, cast)
+        return {n: o.astype(np.float32) if o.dtype == np.float16 else o for n, o in zip(self.output_names, outputs)}
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, artifacts: Artifacts, threads: int | None = None, providers: list[str] | None = None):
+        self.artifacts, self.threads = artifacts, threads
+        self.providers = providers or ["CPUExecutionProvider"]
+
+    def load(self, component: str) -> Session:
+        import onnxruntime as ort
+
+        path = self.artifacts.verify(component)
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        return OnnxRuntimeSession(ort.InferenceSession(str(path), options, providers=self.providers))
+
+
+class TorchSession:
+    def __init__(self, module, spec, dtype):
+        self.module, self.spec, self.dtype = module, spec, dtype
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from qiedge.export.specs import torch_dtype
+
+        inputs = {t.name: torch.from_numpy(np.ascontiguousarray(feeds[t.name])).to(torch_dtype(t.dtype, self.dtype))
+                  for t in self.spec.inputs}
+        with torch.inference_mode():
+            outputs = self.module(**inputs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return {t.name: o.float().numpy() for t, o in zip(self.spec.outputs, outputs)}
+
+
+class TorchBackend:
+    """The PyTorch reference behind the same sessions, straight from a model directory."""
+
+    name = "torch"
+
+    def __init__(self, model, dtype=None):
+        import torch
+
+        self.model, self.dtype = model, dtype or torch.float32
+        self._modules = {}
+
+    def _reference(self, weights: str):
+        if weights not in self._modules:
+            load = {"transformer": self.model.load_transformer, "vae": self.model.load_vae,
+                    "text_encoder": lambda dtype: self.model.load_condition_encoder(dtype).model.model}[weights]
+            self._modules[weights] = load(dtype=self.dtype)
+        return self._modules[weights]
+
+    def load(self, component: str) -> Session:
+        from qiedge.export.specs import SPECS
+
+        spec = SPECS[component]
+        return TorchSession(spec.wrapper(self._reference(spec.weights)).eval(), spec, self.dtype)
