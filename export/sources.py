@@ -4,6 +4,7 @@ than one tensor, which is what lets a 7B model export on a 24 GB machine."""
 
 from __future__ import annotations
 
+import math
 import zlib
 from pathlib import Path
 
@@ -29,6 +30,9 @@ class CheckpointSource:
             return f.get_tensor(key).to(dtype).numpy()
 
 
+CHUNK = 1 << 24  # elements
+
+
 class RandomSource:
     """Deterministic stand-in weights: each tensor seeded by its name, scaled 1/sqrt(fan_in),
     norm weights near one, so a graph exported without a checkpoint still computes sane values."""
@@ -41,9 +45,14 @@ class RandomSource:
 
     def get(self, key: str, dtype: torch.dtype) -> np.ndarray:
         shape = self.shapes[key]
-        rng = np.random.default_rng([self.seed, zlib.crc32(key.encode())])
+        generator = torch.Generator().manual_seed(self.seed * 2**32 + zlib.crc32(key.encode()))
+        out = torch.empty(shape, dtype=dtype)
         if len(shape) == 1:
-            value = 1 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
-        else:
-            value = rng.standard_normal(shape, dtype=np.float32) / np.sqrt(np.prod(shape[1:]))
-        return torch.from_numpy(value).to(dtype).numpy()
+            return out.copy_(1 + 0.1 * torch.randn(shape, generator=generator)).numpy()
+        # Filled a block of rows at a time, so the fp32 draw never doubles a large tensor's memory.
+        scale = 1 / math.prod(shape[1:]) ** 0.5
+        rows = max(1, CHUNK // math.prod(shape[1:]))
+        for start in range(0, shape[0], rows):
+            block = out[start : start + rows]
+            block.copy_(torch.randn(block.shape, generator=generator).mul_(scale))
+        return out.numpy()

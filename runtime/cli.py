@@ -164,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--model", help="model directory (default: the built-in tiny model, unless --artifacts)")
     p.add_argument("--artifacts", help="exported artifacts directory")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"),
-                   help="default: onnxruntime with --artifacts, else torch")
+    p.add_argument("--backend", choices=("torch", "torch-bf16", "onnxruntime"),
+                   help="default: onnxruntime with --artifacts, else torch; torch-bf16 is the compiled CPU fast path")
     p.add_argument("--encoder-backend", choices=("torch", "onnxruntime"),
                    help="run the condition encoder elsewhere (editing needs torch: the vision tower is not exported)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")

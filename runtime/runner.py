@@ -10,7 +10,7 @@ from .backends import Backend, OnnxRuntimeBackend
 from .sampler import GraphPromptEncoder, Sessions
 from .tokenizer import PromptTokenizer
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "torch-bf16", "onnxruntime")
 
 
 @dataclass
@@ -21,10 +21,10 @@ class Runtime:
     source_hash: str
 
 
-def _torch_backend(model):
+def _torch_backend(model, name: str):
     from .backends import TorchBackend
 
-    return TorchBackend(model)
+    return TorchBackend(model, fast=name == "torch-bf16")
 
 
 def open_runtime(model: Path | None = None, artifacts: Path | None = None, backend: str | None = None,
@@ -43,12 +43,12 @@ def open_runtime(model: Path | None = None, artifacts: Path | None = None, backe
     store = Artifacts.open(artifacts) if artifacts else None
     if backend == "onnxruntime" and store is None:
         raise ValueError("the onnxruntime backend runs exported graphs: pass --artifacts ART")
-    if model_dir is None and (backend == "torch" or encoder_backend == "torch"):
-        raise ValueError("the torch backend runs the reference: pass --model DIR")
+    if model_dir is None and (backend.startswith("torch") or encoder_backend == "torch"):
+        raise ValueError("the torch backends run the reference: pass --model DIR")
 
-    main: Backend = OnnxRuntimeBackend(store, threads) if backend == "onnxruntime" else _torch_backend(model_dir)
+    main: Backend = OnnxRuntimeBackend(store, threads) if backend == "onnxruntime" else _torch_backend(model_dir, backend)
     facts = store.facts if store else ModelFacts.from_model_dir(model_dir)
-    if (encoder_backend or backend) == "torch":
+    if (encoder_backend or backend).startswith("torch"):
         encode = model_dir.load_condition_encoder()  # transformers' processor + model: text and images
     else:
         encode = GraphPromptEncoder(PromptTokenizer(facts.tokenizer_json), main.load("condition_encoder"))

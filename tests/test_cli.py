@@ -96,3 +96,31 @@ def test_inspect_json(tiny):
     assert info["components"]["transformer"]["stored_dtype"] == "f32"
     params = info["components"]["transformer"]["parameters"]
     assert info["components"]["transformer"]["memory_bytes"]["fp16"] == 2 * params
+
+
+def test_export_preset_with_stand_in_weights(tmp_path):
+    out = tmp_path / "art"
+    result = qiedge("export", "--preset", "tiny", "--components", "vae_decoder", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(result.stdout)
+    assert manifest["source"]["model_hash"] == "random-weights:tiny:seed0"
+    assert list(manifest["components"]) == ["vae_decoder"]
+    assert manifest["components"]["vae_decoder"]["parity"] is None  # nothing to compare stand-ins against
+
+    import numpy as np
+
+    from qiedge.runtime.artifacts import Artifacts
+    from qiedge.runtime.backends import OnnxRuntimeBackend
+
+    session = OnnxRuntimeBackend(Artifacts.open(out)).load("vae_decoder")
+    image = session.run({"latents": np.zeros((1, 64, 2, 4), np.float32)})["image"]
+    assert image.shape == (1, 4, 32, 64) and np.abs(image).max() <= 1
+
+
+def test_export_refuses_bad_requests(tiny, tmp_path):
+    assert "exactly one of --model DIR or --preset P" in qiedge("export", "--out", str(tmp_path / "a")).stderr
+    assert "target coreml is not built yet" in qiedge("export", "--preset", "tiny", "--target", "coreml",
+                                                      "--out", str(tmp_path / "b")).stderr
+    result = qiedge("export", "--model", str(tiny), "--components", "nope", "--out", str(tmp_path / "c"))
+    assert result.returncode == 2 and "unknown component(s) nope" in result.stderr
+    assert not (tmp_path / "c").exists()

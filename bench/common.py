@@ -1,0 +1,51 @@
+"""Shared by the benchmarks: timing, a cached model directory, and table printing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+
+
+def median_seconds(fn: Callable[[], object], runs: int, warmup: int = 1) -> tuple[float, object]:
+    """Median wall time of `runs` calls after `warmup` untimed ones; returns it with the last result."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def model_dir(preset: str, seed: int = 0) -> Path:
+    from qiedge.reference_model import presets
+    from qiedge.reference_model.model_dir import init_model_dir
+
+    path = CACHE / f"{preset}-seed{seed}"
+    if not (path / "model_index.json").is_file():
+        init_model_dir(presets.get_preset(preset), path, seed=seed)
+    return path
+
+
+def artifacts(model: Path, precision: str) -> Path:
+    from qiedge.export.run import export_onnx
+    from qiedge.reference_model.model_dir import ModelDir
+
+    path = CACHE / f"{model.name}-onnx-{precision}"
+    if not (path / "manifest.json").is_file():
+        export_onnx(path, precision, model=ModelDir.open(model))
+    return path
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [headers] + [[c if isinstance(c, str) else f"{c:.3g}" if isinstance(c, float) else str(c) for c in row]
+                         for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
