@@ -1,4 +1,4 @@
-# Quick start: `make demo` (set up, write the built-in tiny model, draw one image) and `make test`.
+# Quick start: `make demo` (set up, draw one image with the built-in demo model) and `make test`.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,8 +19,7 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.torch
 
 demo: $(VENV)/.torch
-	@test -f out/tiny/model_index.json || $(BIN)/qiedge init --preset tiny --out out/tiny
-	$(BIN)/qiedge generate "$(DEMO_PROMPT)" --model out/tiny --width 256 --height 256 --out out/demo.png
+	$(BIN)/qiedge generate "$(DEMO_PROMPT)" --width 256 --height 256 --out out/demo.png
 	@echo "demo image: $(CURDIR)/out/demo.png"
 
 test: $(VENV)/.test

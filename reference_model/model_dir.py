@@ -42,6 +42,14 @@ class ModelDirError(ValueError):
     pass
 
 
+def demo_model_dir() -> Path:
+    """The trained demo checkpoint shipped with qiedge (training/train_demo.py): the default model."""
+    path = Path(__file__).resolve().parent / "checkpoints" / "demo"
+    if not (path / "model_index.json").is_file():
+        raise ModelDirError(f"the built-in demo model is missing from {path}; pass --model DIR")
+    return path
+
+
 @dataclass(frozen=True)
 class ModelDir:
     path: Path

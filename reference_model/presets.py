@@ -188,6 +188,18 @@ TINY = Preset(
     default_size=128,
 )
 
+# The trained demo checkpoint's size (training/train_demo.py): big enough to draw the scenes of
+# `scenes.py` from prompts, small enough to train in under an hour on two CPU cores.
+DEMO = Preset(
+    name="demo",
+    transformer=TransformerConfig(num_layers=4, attention_head_dim=32, num_attention_heads=4, context_in_dim=64,
+                                  axes_dims_rope=(8, 12, 12)),
+    vae=VAEConfig(base_dim=12, decoder_base_dim=16),
+    encoder=TINY.encoder,
+    sample_sigmas=(1.0, 0.75, 0.5, 0.25),
+    default_size=128,
+)
+
 SMALL = Preset(
     name="small",
     transformer=TransformerConfig(num_layers=8, attention_head_dim=128, num_attention_heads=8, context_in_dim=256),
@@ -219,7 +231,7 @@ QWEN_IMAGE_2_7B = Preset(
     default_size=1024,
 )
 
-PRESETS = {p.name: p for p in (TINY, SMALL, QWEN_IMAGE_2_7B)}
+PRESETS = {p.name: p for p in (TINY, DEMO, SMALL, QWEN_IMAGE_2_7B)}
 
 
 def get_preset(name: str) -> Preset:

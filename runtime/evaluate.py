@@ -1,0 +1,65 @@
+"""`qiedge eval`: how well a model (or its artifacts) draws what the demo prompts ask for, and
+how close two backends or precisions come to each other on the same prompts and seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from qiedge.reference_model.scenes import sample_scene
+
+from .adherence import adherence
+from .sampler import Request, generate, to_uint8
+
+PROMPT_SETS = ("held-out", "train")
+
+
+def prompt_set(name: str, count: int, seed: int = 0) -> list[str]:
+    """`held-out`/`train` scenes drawn deterministically, or a file with one prompt per line."""
+    if name in PROMPT_SETS:
+        rng = np.random.default_rng([seed, PROMPT_SETS.index(name)])
+        return [sample_scene(rng, name).prompt() for _ in range(count)]
+    path = Path(name)
+    if not path.is_file():
+        raise ValueError(f"--prompts takes {' or '.join(PROMPT_SETS)} or a file of prompts, got {name!r}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()][:count]
+
+
+def render_all(runtime, prompts: list[str], size: int, seed: int, batch: int = 8, on_batch=None) -> np.ndarray:
+    """uint8 images [N, size, size, 4], generated `batch` prompts at a time with seeds seed, seed+1, ..."""
+    images = []
+    for i in range(0, len(prompts), batch):
+        request = Request(prompts[i : i + batch], width=size, height=size, seed=seed + i // batch)
+        images.append(to_uint8(generate(request, runtime.facts, runtime.sessions)))
+        if on_batch:
+            on_batch(min(i + batch, len(prompts)), len(prompts))
+    return np.concatenate(images)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, window: int = 8) -> float:
+    """Mean SSIM over non-overlapping window x window tiles of every channel (uint8 images)."""
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    n, h, w, c = a.shape
+    tiles = lambda x: x[:, : h - h % window, : w - w % window].astype(np.float64).reshape(
+        n, h // window, window, w // window, window, c)
+    x, y = tiles(a), tiles(b)
+    mx, my = x.mean((2, 4)), y.mean((2, 4))
+    vx, vy = x.var((2, 4)), y.var((2, 4))
+    cov = ((x - mx[:, :, None, :, None]) * (y - my[:, :, None, :, None])).mean((2, 4))
+    return float(np.mean((2 * mx * my + c1) * (2 * cov + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))))
+
+
+def evaluate(runtime, prompts: list[str], size: int = 256, seed: int = 0, against=None, on_batch=None) -> dict:
+    images = render_all(runtime, prompts, size, seed, on_batch=on_batch)
+    report = {"prompts": len(prompts), "size": size, "seed": seed, "adherence": adherence(images, prompts)}
+    if against is not None:
+        other = render_all(against, prompts, size, seed)
+        report["against"] = {"adherence": adherence(other, prompts), "psnr_db": psnr(images, other),
+                             "ssim": ssim(images, other)}
+    return report
