@@ -5,7 +5,8 @@ Stages, each checked before the next:
 2. bind weights: stream each initializer from its source into the folder's shared external-data
    file (graphs of one folder, e.g. the transformer's prefix, step and one-shot graphs, share
    it), folding weight transposes into the stored layout on the way;
-3. optimize the graph structure (onnxscript; weights are never loaded for it);
+3. optimize the graph structure (onnxscript; weights are never loaded for it), then, for a
+   quantized export, insert the Q/DQ nodes (quantization/onnx_qdq.py);
 4. save, then `onnx.checker` and shape inference on the file.
 """
 
@@ -37,22 +38,32 @@ class WeightStore:
     reused, so graphs that share a folder share their weights."""
 
     folder: Path
-    offsets: dict[tuple[str, bool], tuple[int, int]] = field(default_factory=dict)
+    offsets: dict[tuple[str, bool], tuple[int, int, np.dtype]] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
         return self.folder / WEIGHTS_FILE
 
-    def add(self, key: str, transposed: bool, make) -> tuple[int, int]:
+    def add(self, key: str, transposed: bool, make) -> tuple[int, int, np.dtype]:
+        """(offset, length, dtype) of the tensor `make()` returns, written once per (key, layout)."""
         if (key, transposed) not in self.offsets:
             array = np.ascontiguousarray(make())
+            data = _packed_int4(array) if array.dtype.name == "int4" else array.tobytes()
             with open(self.path, "ab") as f:
                 offset = f.seek(0, os.SEEK_END)
                 pad = -offset % ALIGNMENT
                 f.write(b"\0" * pad)
-                f.write(array.tobytes())
-            self.offsets[(key, transposed)] = (offset + pad, array.nbytes)
+                f.write(data)
+            self.offsets[(key, transposed)] = (offset + pad, len(data), array.dtype)
         return self.offsets[(key, transposed)]
+
+
+def _packed_int4(array: np.ndarray) -> bytes:
+    """ONNX's INT4 layout: two values a byte, the first in the low nibble."""
+    nibbles = (array.astype(np.int8).ravel() & 0xF).astype(np.uint8)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes()
 
 
 def trace(spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype):
@@ -73,8 +84,13 @@ def trace(spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype):
     return program.model
 
 
-def bind_weights(model, spec: ComponentSpec, source, store: WeightStore, precision: torch.dtype, extras: dict) -> int:
-    """Stage 2: point every initializer at the external-data file; returns the bytes bound."""
+def bind_weights(model, spec: ComponentSpec, source, store: WeightStore, precision: torch.dtype, extras: dict,
+                 transform=None) -> int:
+    """Stage 2: point every initializer at the external-data file; returns the bytes bound.
+
+    `transform(key)` may return a function that replaces that weight (given in fp32) by another,
+    a quantized one in its own dtype; it sees and returns the checkpoint's [out, in] layout.
+    """
     import onnx_ir as ir
 
     bound = 0
@@ -83,7 +99,11 @@ def bind_weights(model, spec: ComponentSpec, source, store: WeightStore, precisi
         if key in extras:
             make = lambda key=key: extras[key].astype(value.dtype.numpy())
         elif key in source:
-            make = lambda key=key: source.get(key, precision)
+            replace = transform(key) if transform is not None else None
+            if replace is None:
+                make = lambda key=key: source.get(key, precision)
+            else:
+                make = lambda key=key, replace=replace: replace(source.get(key, torch.float32))
         else:
             raise ExportError(f"{spec.name}: graph weight {name} has no source (checkpoint key {key})")
         transposes = [u.node for u in value.uses()]
@@ -93,11 +113,12 @@ def bind_weights(model, spec: ComponentSpec, source, store: WeightStore, precisi
                 node.outputs[0].replace_all_uses_with(value)
                 model.graph.remove(node, safe=True)
             shape = ir.Shape(list(value.shape)[::-1])
-            offset, length = store.add(key, True, lambda make=make: make().T)
+            offset, length, dtype = store.add(key, True, lambda make=make: make().T)
         else:
             shape = ir.Shape(list(value.shape))
-            offset, length = store.add(key, False, make)
+            offset, length, dtype = store.add(key, False, make)
         value.shape = shape
+        value.dtype = ir.DataType.from_numpy(dtype)
         value.const_value = ir.ExternalTensor(WEIGHTS_FILE, offset, length, value.dtype, shape=shape, name=name,
                                               base_dir=str(store.folder))
         bound += length
@@ -143,10 +164,15 @@ def _name_dims(model, spec: ComponentSpec, configs: ModelConfigs) -> None:
 
 
 def export_component(spec: ComponentSpec, configs: ModelConfigs, source, precision: torch.dtype,
-                     store: WeightStore, extras: dict) -> Path:
+                     store: WeightStore, extras: dict, qdq=None) -> Path:
+    """Trace, bind, (insert Q/DQ), optimize, save and check one graph; `qdq` is a quantization plan."""
     model = trace(spec, configs, precision)
-    bind_weights(model, spec, source, store, precision, extras)
+    bind_weights(model, spec, source, store, precision, extras, transform=qdq.for_key if qdq else None)
     optimize(model)
+    if qdq is not None:  # after optimizing, which would fold small dequantized weights back to floats
+        from qiedge.quantization.onnx_qdq import insert_qdq
+
+        insert_qdq(model, spec.key_prefix, qdq, torch.empty(0, dtype=precision).numpy().dtype)
     path = store.folder / spec.file
     save_and_check(model, path, spec, configs)
     return path

@@ -25,6 +25,8 @@ from . import onnx as onnx_export
 from .sources import CheckpointSource, RandomSource
 from .specs import SPECS, ModelConfigs, declared_shape
 
+QDQ_OPSET = {"int8": 18, "fp8": 19, "int4": 21}  # float8 Q/DQ needs opset 19, blocked int4 DQ opset 21
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "transformers")
 TOKENIZER = "tokenizer/tokenizer.json"
@@ -65,8 +67,12 @@ def _tool_versions() -> dict[str, str]:
 
 def export_onnx(out: str | Path, precision: str = "fp32", model: ModelDir | None = None, preset: Preset | None = None,
                 seed: int = 0, components: list[str] | None = None,
-                on_component: Callable[[str, float], None] | None = None) -> dict:
-    """Export, check, hash; returns the manifest written to `out/manifest.json`."""
+                on_component: Callable[[str, float], None] | None = None, qdq=None, quantization: dict | None = None) -> dict:
+    """Export, check, hash; returns the manifest written to `out/manifest.json`.
+
+    With a Q/DQ plan (`qiedge quantize`), the transformer graphs are quantized as it says and
+    `quantization` (recipe, scales hash, accuracy) goes into the manifest.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     names = components or list(SPECS)
@@ -81,13 +87,20 @@ def export_onnx(out: str | Path, precision: str = "fp32", model: ModelDir | None
             start = time.perf_counter()
             store = stores.setdefault(spec.folder, onnx_export.WeightStore(tmp / spec.folder))
             store.folder.mkdir(exist_ok=True)
+            plan = qdq if spec.weights == "transformer" else None
             path = onnx_export.export_component(spec, configs, _source(spec, model, configs, seed),
-                                                PRECISIONS[precision], store, spec.constants(configs))
+                                                PRECISIONS[precision], store, spec.constants(configs), plan)
             entries[name] = _entry(spec, configs, path.relative_to(tmp), precision)
+            if plan is not None:
+                entries[name].update(precision=quantization["format"], opset=QDQ_OPSET[quantization["format"]],
+                                     quantization={k: quantization[k] for k in ("format", "scales_hash")}
+                                     | {"recipe": quantization["recipe"]["name"]})
             if on_component:
                 on_component(name, time.perf_counter() - start)
         _write_tokenizer(tmp, model)
         manifest = _manifest(tmp, entries, configs, model, preset, precision, seed)
+        if quantization is not None:
+            manifest.update(precision=quantization["format"], quantization=quantization)
         (tmp / MANIFEST).write_text(_dumps(manifest))
     return manifest
 

@@ -135,7 +135,7 @@ SPECS = {
                     TensorSpec("position_ids", "int64", (3, "batch", "tokens"))),
             outputs=(TensorSpec("hidden_states", FLOAT, ("batch", "tokens", "context")),),
             wrapper=wrappers.ConditionEncoderGraph, reference=_vl_model,
-            constants=lambda c: _rotary_constants(c),
+            constants=_rotary_constants,
         ),
         ComponentSpec(
             name="transformer_prefix", folder="transformer", file="prefix.onnx", weights="transformer",
@@ -164,14 +164,14 @@ SPECS = {
             inputs=(TensorSpec("image", FLOAT, ("batch", "image_channels", "16*latent_height", "16*latent_width")),),
             outputs=(TensorSpec("latents", FLOAT, ("batch", "channels", "latent_height", "latent_width")),),
             wrapper=wrappers.VaeEncoderGraph, reference=_vae,
-            constants=lambda c: _vae_constants(c),
+            constants=_vae_constants,
         ),
         ComponentSpec(
             name="vae_decoder", folder="vae_decoder", file="model.onnx", weights="vae", key_prefix="vae.",
             inputs=(TensorSpec("latents", FLOAT, ("batch", "channels", "latent_height", "latent_width")),),
             outputs=(TensorSpec("image", FLOAT, ("batch", "image_channels", "16*latent_height", "16*latent_width")),),
             wrapper=wrappers.VaeDecoderGraph, reference=_vae,
-            constants=lambda c: _vae_constants(c),
+            constants=_vae_constants,
         ),
     )
 }

@@ -17,9 +17,11 @@ from qiedge.reference_model.layout import build_layout, rope_tables
 from qiedge.runtime.backends import Session
 
 # DESIGN.md: fp32 graphs <= 1e-5 relative L2 per component; fp16 graphs are judged on the final
-# image (PSNR >= 35 dB), their per-component figures reported against a looser bound.
-COMPONENT_REL_L2 = {"fp32": 1e-5, "fp16": 1e-2}
-IMAGE_PSNR = {"fp32": 50.0, "fp16": 35.0}
+# image (PSNR >= 35 dB), INT8 / FP8 ones on velocity cosine >= 0.99 (relative error about 0.14)
+# and image PSNR >= 30 dB; their per-component figures are reported against the looser bounds.
+# DESIGN.md sets no bound for weight-only INT4; these are qiedge's own, looser still.
+COMPONENT_REL_L2 = {"fp32": 1e-5, "fp16": 1e-2, "int8": 0.15, "fp8": 0.15, "int4": 0.3}
+IMAGE_PSNR = {"fp32": 50.0, "fp16": 35.0, "int8": 30.0, "fp8": 30.0, "int4": 25.0}
 
 PROMPTS = (
     ["a red circle"],
@@ -177,7 +179,6 @@ def run_parity(artifacts_path, model_path, end_to_end: bool = True) -> dict:
 
     artifacts, model = Artifacts.open(artifacts_path), ModelDir.open(model_path)
     precision = artifacts.manifest["precision"]
-    threshold = COMPONENT_REL_L2[precision]
     ours, reference = OnnxRuntimeBackend(artifacts), TorchBackend(model)
     facts = artifacts.facts
     components = {}
@@ -189,6 +190,7 @@ def run_parity(artifacts_path, model_path, end_to_end: bool = True) -> dict:
         else:
             cases = vae_cases(name, facts.latent_channels, model.vae.in_channels)
         prefix = reference.load("transformer_prefix") if name == "transformer_step" else None
+        threshold = COMPONENT_REL_L2[artifacts.component(name)["precision"]]
         components[name] = compare_component(name, ours.load(name), reference.load(name), cases, threshold, prefix)
     report = {"artifacts": str(artifacts.path), "model": str(model.path), "precision": precision,
               "components": components}

@@ -7,6 +7,7 @@ manifest records before that component is loaded; a mismatch is refused, naming 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,3 +82,13 @@ class Artifacts:
                 raise ArtifactError(f"{name}: {relative} does not match the sha256 in {MANIFEST}; "
                                     f"the artifact was modified or corrupted, refusing to load it")
         return self.path / entry["graph"]
+
+
+def update_manifest(path: Path, update) -> dict:
+    """Apply `update(manifest)` and rewrite the manifest atomically; returns the new manifest."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    update(manifest)
+    tmp = path / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path / MANIFEST)
+    return manifest

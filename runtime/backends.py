@@ -85,7 +85,8 @@ class TorchBackend:
         self.name = "torch-bf16" if fast else "torch"
         self._modules = {}
 
-    def _reference(self, weights: str):
+    def reference(self, weights: str):
+        """The loaded reference module behind every session of one weights folder (shared)."""
         if weights not in self._modules:
             load = {"transformer": self.model.load_transformer, "vae": self.model.load_vae,
                     "text_encoder": lambda: self.model.load_condition_encoder().model.model}[weights]
@@ -98,7 +99,7 @@ class TorchBackend:
         from qiedge.export.specs import SPECS
 
         spec = SPECS[component]
-        module = spec.wrapper(self._reference(spec.weights)).eval()
+        module = spec.wrapper(self.reference(spec.weights)).eval()
         if self.fast and component != "condition_encoder":
             import torch._inductor.config as inductor
 

@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 
 def default_model_dir() -> Path:
-    """The built-in tiny model, written once (deterministic weights) under $QIEDGE_HOME."""
-    home = Path(os.environ.get("QIEDGE_HOME", Path.home() / ".cache" / "qiedge"))
-    path = home / "models" / "tiny-seed0"
-    if not (path / "model_index.json").is_file():
-        from qiedge.reference_model import presets
-        from qiedge.reference_model.model_dir import init_model_dir
+    from qiedge.reference_model.model_dir import demo_model_dir
 
-        init_model_dir(presets.TINY, path, seed=0)
-    return path
+    return demo_model_dir()
 
 
 def _emit(args, payload: dict, text: str) -> None:
@@ -96,21 +89,18 @@ def cmd_export(args) -> None:
 
 def _record_parity(out: Path, model: Path) -> dict:
     """Measure each component against the reference and write the figures into the manifest."""
-    import os
-
     from qiedge.parity_tests.checks import run_parity
-    from qiedge.runtime.artifacts import MANIFEST
+    from qiedge.runtime.artifacts import update_manifest
 
     report = run_parity(out, model, end_to_end=False)
-    manifest = json.loads((out / MANIFEST).read_text())
-    for name, result in report["components"].items():
-        manifest["components"][name]["parity"] = {
-            "reference": "torch fp32", "threshold_rel_l2": result["threshold_rel_l2"],
-            "worst_rel_l2": result["worst_rel_l2"], "cases": len(result["cases"]), "passed": result["passed"]}
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
-    return manifest
+
+    def record(manifest):
+        for name, result in report["components"].items():
+            manifest["components"][name]["parity"] = {
+                "reference": "torch fp32", "threshold_rel_l2": result["threshold_rel_l2"],
+                "worst_rel_l2": result["worst_rel_l2"], "cases": len(result["cases"]), "passed": result["passed"]}
+
+    return update_manifest(out, record)
 
 
 def cmd_parity(args) -> None:
@@ -129,6 +119,52 @@ def cmd_parity(args) -> None:
         print("\n".join(lines))
     if not report["passed"]:
         raise ValueError("parity failed: " + "; ".join(report["failures"]))
+
+
+def cmd_eval(args) -> None:
+    from qiedge.runtime.evaluate import evaluate, prompt_set
+    from qiedge.runtime.progress import step_progress
+    from qiedge.runtime.runner import open_runtime
+
+    model = args.model or (None if args.artifacts else default_model_dir())
+    runtime = open_runtime(model=model, artifacts=args.artifacts, backend=args.backend, threads=args.threads)
+    against = None
+    if args.against_model or args.against_artifacts:
+        against = open_runtime(model=args.against_model, artifacts=args.against_artifacts,
+                               backend=args.against_backend, threads=args.threads)
+    prompts = prompt_set(args.prompts, args.count, args.seed)
+    with step_progress("generating", quiet=args.json) as on_batch:
+        report = evaluate(runtime, prompts, args.size, args.seed, against, on_batch=on_batch)
+    report.update(source=runtime.source, prompt_set=args.prompts)
+    a = report["adherence"]
+    lines = [f"adherence on {len(prompts)} {args.prompts} prompts at {args.size}px: overall {100 * a['overall']:.1f}%"]
+    lines += [f"  {name:<16} {100 * v:.1f}%" for name, v in a.items() if name != "overall"]
+    if against is not None:
+        b = report["against"]
+        lines.append(f"against {against.source}: overall {100 * b['adherence']['overall']:.1f}%, "
+                     f"PSNR {b['psnr_db']:.1f} dB, SSIM {b['ssim']:.4f}")
+    _emit(args, report, "\n".join(lines))
+
+
+def cmd_quantize(args) -> None:
+    from dataclasses import replace
+
+    from qiedge.quantization.recipe import Recipe
+    from qiedge.quantization.run import quantize
+
+    recipe = Recipe.load(args.recipe or args.format)
+    if recipe.format != args.format:
+        raise ValueError(f"recipe {recipe.name} is {recipe.format}, not {args.format}")
+    if args.calib_prompts:
+        recipe = replace(recipe, calibration_set=replace(recipe.calibration_set, prompts=str(Path(args.calib_prompts).resolve())))
+    log = (lambda message: None) if args.json else (lambda message: print(message, file=sys.stderr))
+    record = quantize(args.model or default_model_dir(), recipe, args.out, report_dir=args.report,
+                      target_psnr=args.target_psnr, log=log)
+    a = record["accuracy"]
+    adherence = "n/a" if a["adherence"] is None else f"{100 * a['adherence']:.1f}% (fp32 {100 * a['fp32_adherence']:.1f}%)"
+    _emit(args, record, f"wrote {args.out}: {len(record['layers_quantized'])} layers {record['format']}, "
+                        f"min step cosine {min(s['cosine_min'] for s in a['per_step']):.4f}, "
+                        f"PSNR {a['psnr_db']:.1f} dB, adherence {adherence}")
 
 
 def cmd_inspect(args) -> None:
@@ -162,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="text-to-image, or editing with --image")
     p.add_argument("prompt")
-    p.add_argument("--model", help="model directory (default: the built-in tiny model, unless --artifacts)")
+    p.add_argument("--model", help="model directory (default: the built-in demo model, unless --artifacts)")
     p.add_argument("--artifacts", help="exported artifacts directory")
     p.add_argument("--backend", choices=("torch", "torch-bf16", "onnxruntime"),
                    help="default: onnxruntime with --artifacts, else torch; torch-bf16 is the compiled CPU fast path")
@@ -201,6 +237,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="REPORT", help="write the full report as JSON to this file ('-': stdout)")
     p.add_argument("--no-end-to-end", action="store_true")
     p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("eval", help="prompt adherence of the demo model (and PSNR/SSIM against another source)")
+    p.add_argument("--model")
+    p.add_argument("--artifacts")
+    p.add_argument("--backend", choices=("torch", "torch-bf16", "onnxruntime"))
+    p.add_argument("--prompts", default="held-out", help="held-out, train, or a file with one prompt per line")
+    p.add_argument("--count", type=int, default=40)
+    p.add_argument("--size", type=int, default=256, help="the demo model is judged at 256 px (its VAE blurs 128 px scenes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--against-model")
+    p.add_argument("--against-artifacts")
+    p.add_argument("--against-backend", choices=("torch", "torch-bf16", "onnxruntime"))
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("quantize", help="INT8 / FP8 (or weight-only INT4) transformer: calibrate, measure, export Q/DQ ONNX")
+    p.add_argument("--model", help="model directory (default: the built-in demo model)")
+    p.add_argument("--format", choices=("int8", "fp8", "int4"), required=True, help="int4 is weight-only, per group")
+    p.add_argument("--recipe", help="recipe JSON (default: the shipped one for --format)")
+    p.add_argument("--calib-prompts", help="file of calibration prompts, one per line")
+    p.add_argument("--out", required=True)
+    p.add_argument("--report", help="write report.json and report.html here")
+    p.add_argument("--target-psnr", type=float, help="keep the most sensitive layers in high precision until reached")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("inspect", help="components, parameters, memory per precision, token counts")
     source = p.add_mutually_exclusive_group()

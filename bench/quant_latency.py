@@ -1,0 +1,71 @@
+"""ONNX Runtime CPU latency of the transformer step, fp32 against INT8 and FP8 Q/DQ, for the
+small preset (random weights, calibrated on the shipped prompts). Prints a table.
+
+    python bench/quant_latency.py --size 512 --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import numpy as np
+
+from common import CACHE, artifacts, median_seconds, model_dir, table
+
+
+def main() -> None:
+    from qiedge.parity_tests.checks import Comparison
+    from qiedge.quantization.recipe import Recipe
+    from qiedge.quantization.run import quantize
+    from qiedge.reference_model.layout import build_layout, rope_tables
+    from qiedge.runtime.artifacts import Artifacts
+    from qiedge.runtime.backends import OnnxRuntimeBackend
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    model = model_dir("small")
+    paths = {"fp32": artifacts(model, "fp32")}
+    for fmt in ("int8", "fp8"):
+        out = CACHE / f"{model.name}-onnx-{fmt}"
+        if not (out / "manifest.json").is_file():
+            recipe = Recipe.load(fmt)
+            recipe = replace(recipe, calibration_set=replace(recipe.calibration_set, count=8, cfg_prompts=1))
+            quantize(model, recipe, out, log=print)
+        paths[fmt] = out
+
+    facts = Artifacts.open(paths["fp32"]).facts
+    h = w = args.size // 16
+    rng = np.random.default_rng(0)
+    mask = np.ones((1, 40), dtype=bool)
+    layout = build_layout(np.zeros(40, dtype=bool), mask, [(1, h, w)])
+    cos, sin = rope_tables(layout.positions, facts.axes_dims_rope)
+    p = layout.prefix_len
+    context = Artifacts.open(paths["fp32"]).manifest["model"]["transformer"]["context_in_dim"]
+    prefix_feeds = {"text": rng.standard_normal((1, 40, context), dtype=np.float32),
+                    "cond_latents": np.zeros((1, 0, facts.latent_channels), np.float32),
+                    "prefix_gather": layout.prefix_gather, "segment_ids": layout.segment_ids,
+                    "key_valid": layout.prefix_key_valid, "rope_cos": cos[:p], "rope_sin": sin[:p]}
+    step_feeds = {"latents": rng.standard_normal((1, h * w, facts.latent_channels), dtype=np.float32),
+                  "timestep": np.array([0.6], np.float32), "key_valid": layout.prefix_key_valid,
+                  "rope_cos": cos[p:], "rope_sin": sin[p:]}
+    results = {}
+    for name, path in paths.items():
+        backend = OnnxRuntimeBackend(Artifacts.open(path))
+        feeds = {**step_feeds, **backend.load("transformer_prefix").run(prefix_feeds)}
+        step = backend.load("transformer_step")
+        seconds, out = median_seconds(lambda: step.run(feeds)["velocity"], args.runs)
+        size = sum(f.stat().st_size for f in (path / "transformer").iterdir() if f.suffix == ".bin") / 1e6
+        results[name] = (seconds, out, size)
+    base_s, base_v, _ = results["fp32"]
+    rows = [[name, f"{s * 1e3:.0f}", f"{base_s / s:.2f}x", f"{Comparison.of(v, base_v).cosine:.5f}", f"{mb:.0f}"]
+            for name, (s, v, mb) in results.items()]
+    print(f"\nsmall preset transformer step, {args.size}x{args.size} ({h * w} image + 40 text tokens), "
+          f"ONNX Runtime CPU, median of {args.runs}\n")
+    print(table(["graph", "ms", "speed vs fp32", "velocity cosine vs fp32", "weights MB"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""What quantization costs, measured the way deployers need it: per-step velocity cosine and
+relative error along the fp32 trajectory, final-image PSNR/SSIM against fp32, demo-model
+adherence, and per-layer sensitivity (one layer quantized at a time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qiedge.export.specs import SPECS
+from qiedge.runtime.adherence import adherence
+from qiedge.runtime.backends import TorchSession
+from qiedge.runtime.evaluate import psnr, ssim
+from qiedge.runtime.runner import open_runtime
+from qiedge.runtime.sampler import Request, Sessions, generate, to_uint8
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def torch_sessions(transformer) -> tuple[TorchSession, TorchSession]:
+    """prefix and step sessions over a (possibly fake-quantized) reference transformer."""
+    return tuple(TorchSession(SPECS[n].wrapper(transformer).eval(), SPECS[n], autocast=False)
+                 for n in ("transformer_prefix", "transformer_step"))
+
+
+class PairedPrefix:
+    """Runs the fp32 and quantized prefix on the same feeds; returns fp32's, keeps the other."""
+
+    def __init__(self, reference, quantized):
+        self.reference, self.quantized, self.caches = reference, quantized, {}
+
+    def run(self, feeds):
+        out = self.reference.run(feeds)
+        self.caches[id(out["past_keys"])] = self.quantized.run(feeds)
+        return out
+
+
+class PairedStep:
+    """Follows the fp32 trajectory; at every step also runs the quantized model on the same
+    latents (with its own K/V) and records how far its velocity is from fp32's."""
+
+    def __init__(self, reference, quantized, prefix: PairedPrefix):
+        self.reference, self.quantized, self.prefix = reference, quantized, prefix
+        self.steps: list[tuple[float, float]] = []
+
+    def run(self, feeds):
+        expected = self.reference.run(feeds)["velocity"]
+        cache = self.prefix.caches[id(feeds["past_keys"])]
+        actual = self.quantized.run({**feeds, **cache})["velocity"]
+        self.steps.append((cosine(actual, expected), float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))))
+        return {"velocity": expected}
+
+
+@dataclass
+class Evaluation:
+    requests: list[Request]
+
+    @classmethod
+    def on(cls, prompts: list[str], size: int, seed: int = 0, batch: int = 4) -> "Evaluation":
+        return cls([Request(prompts[i : i + batch], width=size, height=size, seed=seed + i)
+                    for i in range(0, len(prompts), batch)])
+
+    @property
+    def prompts(self) -> list[str]:
+        return [p for r in self.requests for p in r.prompts]
+
+
+class Judge:
+    """Everything measured against one fp32 reference model."""
+
+    def __init__(self, model_path, evaluation: Evaluation):
+        self.runtime = open_runtime(model=model_path, backend="torch")
+        self.reference = self.runtime.sessions.step.module.transformer
+        self.evaluation = evaluation
+        self.fp32_images = self.images(self.reference)
+
+    def _sessions(self, prefix, step) -> Sessions:
+        s = self.runtime.sessions
+        return Sessions(encode=s.encode, prefix=prefix, step=step, vae_decoder=s.vae_decoder, vae_encoder=s.vae_encoder)
+
+    def images(self, transformer) -> np.ndarray:
+        prefix, step = torch_sessions(transformer)
+        sessions = self._sessions(prefix, step)
+        return np.concatenate([to_uint8(generate(r, self.runtime.facts, sessions)) for r in self.evaluation.requests])
+
+    def per_step(self, transformer) -> list[dict]:
+        ref_prefix, ref_step = torch_sessions(self.reference)
+        q_prefix, q_step = torch_sessions(transformer)
+        paired_prefix = PairedPrefix(ref_prefix, q_prefix)
+        paired = PairedStep(ref_step, q_step, paired_prefix)
+        sessions = self._sessions(paired_prefix, paired)
+        for request in self.evaluation.requests:
+            generate(request, self.runtime.facts, sessions)
+        steps = len(paired.steps) // len(self.evaluation.requests)
+        by_step = np.array(paired.steps).reshape(len(self.evaluation.requests), steps, 2)
+        return [{"step": i + 1, "cosine_min": float(by_step[:, i, 0].min()), "cosine_mean": float(by_step[:, i, 0].mean()),
+                 "rel_error_mean": float(by_step[:, i, 1].mean())} for i in range(steps)]
+
+    def image_figures(self, images: np.ndarray) -> dict:
+        prompts = self.evaluation.prompts
+        return {"psnr_db": psnr(images, self.fp32_images), "ssim": ssim(images, self.fp32_images),
+                "adherence": _adherence_or_none(images, prompts),
+                "fp32_adherence": _adherence_or_none(self.fp32_images, prompts)}
+
+    def final_velocity_error(self, transformer, request: Request) -> float:
+        """Relative error of the last step's velocity along the fp32 trajectory."""
+        ref_prefix, ref_step = torch_sessions(self.reference)
+        q_prefix, q_step = torch_sessions(transformer)
+        paired_prefix = PairedPrefix(ref_prefix, q_prefix)
+        paired = PairedStep(ref_step, q_step, paired_prefix)
+        generate(request, self.runtime.facts, self._sessions(paired_prefix, paired))
+        return paired.steps[-1][1]
+
+
+def _adherence_or_none(images, prompts):
+    try:
+        return adherence(images, prompts)["overall"]
+    except ValueError:  # prompts outside the demo grammar: nothing to check against
+        return None

@@ -1,0 +1,46 @@
+"""The fake-quant torch transformer: every quantized Linear becomes smooth -> Q/DQ -> matmul with
+the dequantized weight, the same arithmetic the Q/DQ ONNX graph does, for fast evaluation."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .calibrate import Calibration
+from .recipe import Recipe
+from .scales import LayerQuant, fake_quant, layer_quant
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, quant: LayerQuant, fmt: str):
+        super().__init__()
+        self.register_buffer("weight", quant.dequantized(linear.weight, fmt))
+        smooth = quant.smooth
+        self.register_buffer("inv_smooth", None if smooth is None else 1 / torch.from_numpy(smooth))
+        self.act_scale, self.fmt = quant.act_scale, fmt
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inv_smooth is not None:
+            x = x * self.inv_smooth
+        if self.act_scale is not None:
+            x = fake_quant(x, self.act_scale, self.fmt)
+        return F.linear(x, self.weight)
+
+
+def quantize_transformer(transformer: nn.Module, recipe: Recipe, calibration: Calibration,
+                         layers: list[str]) -> nn.Module:
+    """A copy of the transformer with `layers` (Linear module names) fake-quantized."""
+    model = copy.deepcopy(transformer)
+    for name in layers:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        linear = getattr(parent, child) if not child.isdigit() else parent[int(child)]
+        quant = QuantLinear(linear, layer_quant(name, linear.weight, calibration, recipe), recipe.format)
+        if child.isdigit():
+            parent[int(child)] = quant
+        else:
+            setattr(parent, child, quant)
+    return model.eval()

@@ -1,0 +1,108 @@
+"""Explicit Q/DQ ONNX graphs of the transformer, in the layout TensorRT's explicit quantization
+reads (and ONNX Runtime's CPU provider runs):
+
+    x -> [Mul 1/s] -> QuantizeLinear(a_scale) -> DequantizeLinear(a_scale) -> MatMul
+    W (int8 / float8e4m3fn, stored quantized) -> DequantizeLinear(w_scale, axis=1) -^
+
+Weight-only INT4 keeps the activations in float and dequantizes blocks of G input channels
+(opset 21's blocked DequantizeLinear). Weights are quantized tensor by tensor while they stream into the external-data file (the
+export's `transform` hook), their scales computed from the tensor right there, so the 7B graph
+never needs the model in memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .scales import LayerQuant
+
+from qiedge.export.run import QDQ_OPSET
+
+
+def _numpy(q: torch.Tensor, fmt: str) -> np.ndarray:
+    import ml_dtypes
+
+    if fmt == "fp8":
+        return q.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn)
+    if fmt == "int4":
+        return q.numpy().astype(ml_dtypes.int4)  # packed two to a byte when written
+    return q.numpy()
+
+
+class QdqPlan:
+    """Which checkpoint weights are quantized, and how."""
+
+    def __init__(self, quants: dict[str, LayerQuant], fmt: str):
+        self.quants = {f"{name}.weight": q for name, q in quants.items()}
+        self.fmt = fmt
+
+    def for_key(self, key: str):
+        """For a planned key, the function from its fp32 [out, in] weight to the quantized one
+        (which also sets that layer's weight scales for `insert_qdq`)."""
+        quant = self.quants.get(key)
+        if quant is None:
+            return None
+        return lambda array: _numpy(quant.weight(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), self.fmt),
+                                    self.fmt)
+
+
+def _zero_point(fmt: str):
+    if fmt == "int8":
+        return np.array(0, dtype=np.int8)
+    import ml_dtypes
+
+    return np.array(0, dtype=ml_dtypes.float8_e4m3fn)
+
+
+def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) -> int:
+    """Put Q/DQ around every MatMul whose weight the plan quantized; returns how many.
+
+    Scales are in the graph's float type (`float_dtype`), as Q/DQ require.
+    """
+    import onnx_ir as ir
+
+    graph = model.graph
+    count = 0
+    for name, weight in list(graph.initializers.items()):
+        quant = plan.quants.get(name.removeprefix(key_prefix))
+        if quant is None:
+            continue
+        uses = list(weight.uses())
+        if len(uses) != 1 or uses[0].node.op_type != "MatMul" or uses[0].idx != 1:
+            raise ValueError(f"{name}: expected to feed one MatMul's weight input")
+        matmul = uses[0].node
+
+        def const(suffix, value):
+            v = ir.Value(name=f"{name}.{suffix}", const_value=ir.tensor(value, name=f"{name}.{suffix}"))
+            graph.register_initializer(v)
+            return v
+
+        if quant.group:
+            # Weight-only INT4: blocks of G input channels (axis 0 of the stored [in, out]) share a scale.
+            w_dq = ir.node("DequantizeLinear", [weight, const("w_scale", quant.weight_scale.T.astype(float_dtype).copy())],
+                           attributes={"axis": 0, "block_size": quant.group})
+            graph.insert_before(matmul, [w_dq])
+            matmul.replace_input_with(1, w_dq.outputs[0])
+            count += 1
+            continue
+        zp = _zero_point(plan.fmt)
+        axis = 1 if quant.granularity == "per-channel" else None
+        w_scale = quant.weight_scale.astype(float_dtype)
+        w_dq = ir.node("DequantizeLinear", [weight, const("w_scale", w_scale if axis else w_scale[0]),
+                                            const("w_zero_point", np.zeros(quant.weight_scale.size, zp.dtype) if axis else zp)],
+                       attributes={"axis": 1} if axis else {})
+        nodes = [w_dq]
+        x = matmul.inputs[0]
+        if quant.smooth is not None:
+            nodes.append(ir.node("Mul", [x, const("inv_smooth", (1 / quant.smooth).astype(float_dtype))]))
+            x = nodes[-1].outputs[0]
+        a_scale, a_zp = const("a_scale", np.array(quant.act_scale, float_dtype)), const("a_zero_point", zp)
+        nodes.append(ir.node("QuantizeLinear", [x, a_scale, a_zp]))
+        nodes.append(ir.node("DequantizeLinear", [nodes[-1].outputs[0], a_scale, a_zp]))
+        graph.insert_before(matmul, nodes)
+        matmul.replace_input_with(0, nodes[-1].outputs[0])
+        matmul.replace_input_with(1, w_dq.outputs[0])
+        count += 1
+    model.opset_imports[""] = QDQ_OPSET[plan.fmt]
+    return count

@@ -1,0 +1,86 @@
+"""Quantization recipes: versioned JSON files naming the format, the granularities, the
+calibration, and the layers kept in high precision (name patterns over the transformer's
+Linear layers; `{last}` is the last block's index)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RECIPES = {"int8": HERE / "recipes" / "int8_smoothquant.json", "fp8": HERE / "recipes" / "fp8_e4m3.json",
+           "int4": HERE / "recipes" / "int4_weight_only.json"}
+FORMATS = ("int8", "fp8", "int4")
+QMAX = {"int8": 127.0, "fp8": 448.0, "int4": 7.0}  # symmetric int8/int4; float8 e4m3fn's largest finite value
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    prompts: str = "prompts/calibration.txt"  # relative to the quantization package, or absolute
+    count: int = 16
+    seed: int = 0
+    size: int = 256
+    trajectories: tuple[str, ...] = ("distilled", "cfg-40")
+    cfg: float = 4.0
+    cfg_prompts: int = 2
+
+    def prompt_list(self) -> list[str]:
+        path = Path(self.prompts)
+        path = path if path.is_absolute() else HERE / path
+        if not path.is_file():
+            raise ValueError(f"calibration prompts file {path} does not exist")
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return prompts[: self.count]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    format: str
+    weights: str = "per-channel"  # or per-tensor, or per-group (int4)
+    activations: str = "per-tensor"  # or none (int4: weight-only)
+    group_size: int | None = None  # int4: 32, 64 or 128 input channels per scale
+    calibration: str = "max"  # or "percentile:P"
+    smoothquant_alpha: float | None = None
+    keep_high_precision: tuple[str, ...] = ()
+    calibration_set: CalibrationSet = field(default_factory=CalibrationSet)
+    version: int = 1
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"recipe format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if self.format == "int4":
+            if self.weights != "per-group" or self.activations != "none" or self.group_size not in (32, 64, 128):
+                raise ValueError("int4 is weight-only, per-group with group_size 32, 64 or 128")
+        elif self.weights not in ("per-channel", "per-tensor") or self.activations != "per-tensor":
+            raise ValueError("int8/fp8 weights are per-channel or per-tensor; activations per-tensor")
+        if self.calibration != "max" and not self.calibration.startswith("percentile:"):
+            raise ValueError(f"calibration must be max or percentile:P, got {self.calibration!r}")
+
+    @classmethod
+    def load(cls, path_or_format: str) -> "Recipe":
+        path = RECIPES.get(path_or_format, Path(path_or_format))
+        if not path.is_file():
+            raise ValueError(f"no recipe {path_or_format!r}: give int8, fp8 or a recipe JSON file")
+        data = json.loads(path.read_text())
+        data["keep_high_precision"] = tuple(data.get("keep_high_precision", ()))
+        calib = data.get("calibration_set", {})
+        data["calibration_set"] = CalibrationSet(**{**calib, "trajectories": tuple(calib.get("trajectories", ()))})
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @property
+    def percentile(self) -> float | None:
+        return float(self.calibration.split(":")[1]) if self.calibration.startswith("percentile:") else None
+
+    def quantized_layers(self, layers: list[str], num_blocks: int) -> list[str]:
+        """The Linear layers this recipe quantizes: all but those matching a keep pattern."""
+        patterns = [p.replace("{last}", str(num_blocks - 1)) for p in self.keep_high_precision]
+        return [name for name in layers if not any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+    def keeping(self, extra: list[str]) -> "Recipe":
+        return replace(self, keep_high_precision=self.keep_high_precision + tuple(extra))

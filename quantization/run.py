@@ -1,0 +1,96 @@
+"""`qiedge quantize`: calibrate -> choose layers (optionally down to a target PSNR) -> measure ->
+write Q/DQ ONNX artifacts whose manifest records the recipe, the scales' hash and the accuracy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from qiedge.reference_model.model_dir import ModelDir
+from qiedge.runtime.evaluate import prompt_set
+
+from .accuracy import Evaluation, Judge
+from .calibrate import calibrate, linear_layers
+from .fake_quant import quantize_transformer
+from .onnx_qdq import QdqPlan
+from .recipe import Recipe
+from .scales import layer_quant
+
+EVAL_PROMPTS = 8
+EVAL_SIZE = 256
+
+
+def scales_digest(quants: dict, fmt: str, weights: dict) -> str:
+    """sha256 over every layer's smoothing, activation scale and weight scales."""
+    h = hashlib.sha256()
+    for name in sorted(quants):
+        q = quants[name]
+        q.weight(weights[f"{name}.weight"].detach(), fmt)
+        h.update(name.encode() + q.weight_scale.tobytes() + str(q.act_scale).encode())  # act_scale None: weight-only
+        if q.smooth is not None:
+            h.update(q.smooth.tobytes())
+    return h.hexdigest()
+
+
+def sensitivity(judge: Judge, recipe: Recipe, calibration, layers: list[str]) -> dict[str, float]:
+    """Final-velocity relative error with each layer alone quantized (largest first)."""
+    request = judge.evaluation.requests[0]
+    errors = {name: judge.final_velocity_error(quantize_transformer(judge.reference, recipe, calibration, [name]), request)
+              for name in layers}
+    return dict(sorted(errors.items(), key=lambda kv: -kv[1]))
+
+
+def choose_layers(judge: Judge, recipe: Recipe, calibration, layers: list[str], ranking: dict[str, float],
+                  target_psnr: float) -> list[str]:
+    """Keep the most sensitive layers in high precision, fewest first, until the image PSNR
+    against fp32 reaches the target."""
+    chosen = list(layers)
+    for kept in range(len(ranking) + 1):
+        keep = set(list(ranking)[:kept])
+        chosen = [n for n in layers if n not in keep]
+        images = judge.images(quantize_transformer(judge.reference, recipe, calibration, chosen))
+        if judge.image_figures(images)["psnr_db"] >= target_psnr:
+            return chosen
+    return chosen
+
+
+def quantize(model_path, recipe: Recipe, out, report_dir=None, target_psnr: float | None = None,
+             eval_prompts: str = "held-out", components: list[str] | None = None, log=print) -> dict:
+    from qiedge.export.run import export_onnx
+
+    model = ModelDir.open(model_path)
+    if recipe.activations != "none":
+        log(f"calibrating on {len(recipe.calibration_set.prompt_list())} prompts "
+            f"({', '.join(recipe.calibration_set.trajectories)})")
+    calibration = calibrate(model.path, recipe) if recipe.activations != "none" else None
+    judge = Judge(model.path, Evaluation.on(prompt_set(eval_prompts, EVAL_PROMPTS), EVAL_SIZE))
+    all_layers = list(linear_layers(judge.reference))
+    layers = recipe.quantized_layers(all_layers, model.transformer.num_layers)
+    ranking = None
+    if target_psnr is not None or report_dir is not None:
+        log(f"per-layer sensitivity over {len(layers)} layers")
+        ranking = sensitivity(judge, recipe, calibration, layers)
+    if target_psnr is not None:
+        layers = choose_layers(judge, recipe, calibration, layers, ranking, target_psnr)
+        recipe = recipe.keeping(sorted(set(recipe.quantized_layers(all_layers, model.transformer.num_layers)) - set(layers)))
+    quantized = quantize_transformer(judge.reference, recipe, calibration, layers)
+    images = judge.images(quantized)
+    accuracy = {"per_step": judge.per_step(quantized), **judge.image_figures(images),
+                "evaluation": {"prompts": eval_prompts, "count": EVAL_PROMPTS, "size": EVAL_SIZE}}
+    weights = dict(judge.reference.named_parameters())
+    quants = {n: layer_quant(n, weights[f"{n}.weight"], calibration, recipe) for n in layers}
+    record = {"recipe": json.loads(recipe.to_json()), "format": recipe.format, "layers_quantized": layers,
+              "layers_high_precision": [n for n in all_layers if n not in layers],
+              "calibration": calibration.settings if calibration else None,
+              "calibration_hash": calibration.digest() if calibration else None,
+              "scales_hash": scales_digest(quants, recipe.format, weights), "accuracy": accuracy}
+    log("exporting Q/DQ graphs")
+    export_onnx(out, "fp32", model=model, components=components, qdq=QdqPlan(quants, recipe.format), quantization=record)
+    (Path(out) / "recipe.json").write_text(recipe.to_json())
+    if report_dir is not None:
+        from .report import write_report
+
+        write_report(Path(report_dir), record, ranking, judge, images)
+    return record
+
