@@ -25,7 +25,7 @@ from . import onnx as onnx_export
 from .sources import CheckpointSource, RandomSource
 from .specs import SPECS, ModelConfigs, declared_shape
 
-QDQ_OPSET = {"int8": 18, "fp8": 19, "int4": 21}  # float8 Q/DQ needs opset 19, blocked int4 DQ opset 21
+QDQ_OPSET = {"int8": 19, "fp8": 19, "int4": 21}  # fp16 and float8 Q/DQ types need opset 19, blocked int4 DQ 21
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "transformers")
