@@ -81,12 +81,8 @@ def diffusers_path(model, dtype_name: str):
     return run
 
 
-def psnr(a, b) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
-
-
 def main() -> None:
+    from qiedge.runtime.evaluate import psnr
     from qiedge.runtime.sampler import Request
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -122,7 +118,7 @@ def main() -> None:
         inside = sum(v for k, v in clock.items() if k != "total")
         overhead = f"{100 * (clock['total'] - inside) / clock['total']:.2f}%" if inside else "n/a"
         rows.append([name, seconds, f"{fp32 / seconds:.2f}x" if fp32 else "-", f"{bf16 / seconds:.2f}x" if bf16 else "-",
-                     f"{psnr(image, reference):.1f}", overhead, f"{warmup:.1f}"])
+                     f"{psnr(image, reference, peak=1.0):.1f}", overhead, f"{warmup:.1f}"])
     print(f"\n{args.preset} preset, {args.size}x{args.size}, 4 steps, batch 1, median of {args.runs} runs\n")
     print(table(["path", "median s", "vs diffusers fp32", "vs diffusers bf16", "PSNR vs fp32 dB", "runtime overhead",
                  "first call s"], rows))

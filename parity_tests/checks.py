@@ -15,6 +15,7 @@ import numpy as np
 
 from qiedge.reference_model.layout import build_layout, rope_tables
 from qiedge.runtime.backends import Session
+from qiedge.runtime.evaluate import psnr
 
 # DESIGN.md: fp32 graphs <= 1e-5 relative L2 per component; fp16 graphs are judged on the final
 # image (PSNR >= 35 dB), INT8 / FP8 ones on velocity cosine >= 0.99 (relative error about 0.14)
@@ -52,11 +53,6 @@ class Comparison:
         return cls(rel_l2=float(np.linalg.norm(a - e) / norm) if norm else float(np.linalg.norm(a)),
                    max_abs=float(np.abs(a - e).max(initial=0.0)),
                    cosine=float(a @ e / (np.linalg.norm(a) * norm)) if norm and np.linalg.norm(a) else 1.0)
-
-
-def psnr(actual: np.ndarray, expected: np.ndarray, peak: float = 1.0) -> float:
-    mse = float(np.mean((np.asarray(actual, np.float64) - np.asarray(expected, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
 
 
 def encoder_cases(tokenizer):
@@ -163,7 +159,7 @@ def compare_end_to_end(artifacts_path, model_path, threshold_psnr: float) -> dic
     for name, request in end_to_end_requests().items():
         ours = generate(request, exported.facts, (editing if request.images else exported).sessions)
         expected = generate(request, reference.facts, reference.sessions)
-        figures = {"psnr_db": psnr(ours, expected), **vars(Comparison.of(ours, expected))}
+        figures = {"psnr_db": psnr(ours, expected, peak=1.0), **vars(Comparison.of(ours, expected))}
         results.append({"case": name, **figures})
         if not figures["psnr_db"] >= threshold_psnr:
             failures.append(f"end to end {name}: PSNR {figures['psnr_db']:.1f} dB < {threshold_psnr} dB")

@@ -37,9 +37,10 @@ def render_all(runtime, prompts: list[str], size: int, seed: int, batch: int = 8
     return np.concatenate(images)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    """PSNR in dB; `peak` is the largest pixel value (255 for uint8, 1.0 for float images)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
 
 
 def ssim(a: np.ndarray, b: np.ndarray, window: int = 8) -> float:
