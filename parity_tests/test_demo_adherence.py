@@ -1,9 +1,8 @@
 """Adherence of the trained demo checkpoint on held-out prompts, on every backend: a broken
 export, sampler or backend shows up here as lost adherence.
 
-The shipped checkpoint draws the asked background color every time but not yet the shapes
-(README: The demo model), so the torch test holds it to the background, and the exported paths
-to the torch path's figures, attribute by attribute."""
+The torch backend is held to the 80% the checkpoint was trained to reach (README: The demo model),
+and the exported paths to the torch path's figures, attribute by attribute."""
 
 from __future__ import annotations
 
@@ -22,8 +21,8 @@ def torch_adherence():
     return evaluate(open_runtime(model=demo_model_dir(), backend="torch"), PROMPTS)["adherence"]
 
 
-def test_torch_backend_draws_the_background(torch_adherence):
-    assert torch_adherence["background"] >= 0.9  # 11 of these 12; a broken loop or VAE draws noise: ~5%
+def test_torch_backend_draws_the_prompt(torch_adherence):
+    assert torch_adherence["overall"] >= 0.8  # a broken loop or VAE draws noise: ~1.5%
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -8,9 +8,11 @@ Stages, each resumable from its last checkpoint in --work (rerun the same comman
 2. `vae`: the 16x / 64-channel RGBA autoencoder on rendered scenes at 128 px; then the
    per-channel latent mean/std, written into the VAE config as the released model has them.
 3. `transformer`: flow matching (x_sigma = sigma*noise + (1-sigma)*x0, target noise - x0) against
-   the frozen encoder, the loss weighted up on tokens unlike the background. Half the sigmas are
-   drawn from the 4-step sampling grid itself (after the scheduler's shift at that resolution),
-   which is how the grid is fitted.
+   the frozen encoder, on the 4-step sampling grid itself (after the scheduler's shift at that
+   resolution), which is how the grid is fitted. The first `--text-steps` train at sigma = 1 only:
+   there the image says nothing, so the text is all the model has, and it learns to read it far
+   faster than when lower sigmas (where the noisy image already shows the layout) share the
+   batches. The rest draw half their sigmas at 1 and half at the other grid points.
 Everything is seeded from (seed, stage, step), so a resumed run draws the same batches. The
 finished directory stores its weights in fp16 (13 MB).
 """
@@ -163,7 +165,7 @@ def pad_text(rows: list[torch.Tensor]):
     return text, mask
 
 
-def train_transformer(model: ModelDir, vae, work: Path, steps: int, seed: int):
+def train_transformer(model: ModelDir, vae, work: Path, text_steps: int, steps: int, seed: int):
     transformer = model.load_transformer().train()
     for p in transformer.parameters():
         p.requires_grad_(True)
@@ -175,7 +177,7 @@ def train_transformer(model: ModelDir, vae, work: Path, steps: int, seed: int):
     while stage.step < steps:
         rng = stage.rng()
         size = SIZES[rng.integers(len(SIZES))]
-        prompts, images = batch_images(rng, size, 32 if size == 128 else 8)
+        prompts, images = batch_images(rng, size, 16 if size == 128 else 4)
         rows, x0 = condition(prompts, images, size)
         text, mask = pad_text(rows)
         h = w = size // 16
@@ -184,11 +186,11 @@ def train_transformer(model: ModelDir, vae, work: Path, steps: int, seed: int):
         x0 = pack(x0.numpy())
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
         noise = torch.randn(x0.shape, generator=generator)
-        sigma = sample_sigmas(model, h * w, len(prompts), rng)
+        sigma, step_weight = sample_sigmas(model, h * w, len(prompts), rng, text_only=stage.step < text_steps)
         xt = sigma[:, None, None] * noise + (1 - sigma[:, None, None]) * torch.from_numpy(x0)
         v = transformer(xt, sigma, text, None, torch.from_numpy(layout.prefix_gather),
                         torch.from_numpy(layout.segment_ids), torch.from_numpy(layout.prefix_key_valid), cos, sin)
-        loss = weighted_mse(v, noise - torch.from_numpy(x0), torch.from_numpy(x0))
+        loss = weighted_mse(v, noise - torch.from_numpy(x0), torch.from_numpy(x0), step_weight)
         stage.update(loss, lr)
         losses.append(loss.item())
         if stage.step % 100 == 0:
@@ -196,20 +198,27 @@ def train_transformer(model: ModelDir, vae, work: Path, steps: int, seed: int):
     return transformer.eval()
 
 
-def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """MSE with up to 5x weight on tokens unlike the image's typical (background) token: shapes
-    cover a tenth of the latent grid, and a plain mean lets the background drown them out."""
+def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, x0: torch.Tensor, step_weight: torch.Tensor) -> torch.Tensor:
+    """MSE weighted per sample by `step_weight` and per token by up to 5x on tokens unlike the
+    image's typical (background) token: shapes cover a tenth of the latent grid, and a plain mean
+    lets the background drown them out."""
     distance = (x0 - x0.median(dim=1, keepdim=True).values).norm(dim=-1)  # [B, T]
-    weight = 1 + 4 * distance / distance.amax(dim=1, keepdim=True).clamp(min=1e-6)
+    weight = (1 + 4 * distance / distance.amax(dim=1, keepdim=True).clamp(min=1e-6)) * step_weight[:, None]
     return ((prediction - target).pow(2).mean(-1) * weight).sum() / weight.sum()
 
 
-def sample_sigmas(model: ModelDir, tokens: int, count: int, rng: np.random.Generator) -> torch.Tensor:
-    """Half from the 4-step grid as the sampler will visit it, half logit-normal."""
-    grid = sigma_schedule(model.scheduler, tokens, sample_sigmas=model.sample_sigmas)[:-1]
-    on_grid = rng.choice(grid, size=count)
-    logit_normal = 1 / (1 + np.exp(-rng.standard_normal(count)))
-    return torch.from_numpy(np.where(rng.random(count) < 0.5, on_grid, logit_normal).astype(np.float32))
+def sample_sigmas(model: ModelDir, tokens: int, count: int, rng: np.random.Generator, text_only: bool):
+    """(sigmas, weights) [count]: points of the 4-step grid as the sampler visits it.
+
+    A grid point's weight is (sigma_i - sigma_i+1)^2, the share its velocity error has in the final
+    latent's: without it, sigma ~ 0.02 (whose target is mostly unpredictable noise) swamps the loss.
+    """
+    grid = sigma_schedule(model.scheduler, tokens, sample_sigmas=model.sample_sigmas)
+    index = np.zeros(count, dtype=int)
+    if not text_only:
+        index = np.where(rng.random(count) < 0.5, 0, rng.integers(1, len(grid) - 1, size=count))
+    weight = np.ones(count) if text_only else (grid[index] - grid[index + 1]) ** 2
+    return torch.from_numpy(grid[index].astype(np.float32)), torch.from_numpy(weight.astype(np.float32))
 
 
 def main() -> None:
@@ -217,7 +226,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="where the finished model directory goes")
     parser.add_argument("--work", default=str(Path(__file__).parent / ".work"))
     parser.add_argument("--vae-steps", type=int, default=800)
-    parser.add_argument("--transformer-steps", type=int, default=4500)
+    parser.add_argument("--text-steps", type=int, default=3000, help="transformer steps at sigma = 1 only")
+    parser.add_argument("--transformer-steps", type=int, default=9000, help="all transformer steps")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -236,7 +246,7 @@ def main() -> None:
         (work / "vae.done").touch()
         model = ModelDir.open(init)
     log(f"vae ready ({time.time() - begin:.0f} s)")
-    transformer = train_transformer(model, model.load_vae(), work, args.transformer_steps, args.seed)
+    transformer = train_transformer(model, model.load_vae(), work, args.text_steps, args.transformer_steps, args.seed)
     save(transformer, init / "transformer" / "diffusion_pytorch_model.safetensors")
     with staged_directory(Path(args.out)) as tmp:
         shutil.copytree(init, tmp, dirs_exist_ok=True)
