@@ -70,7 +70,8 @@ def test_demo_checkpoint_keeps_the_image(fmt, tmp_path):
     accuracy = record["accuracy"]
     assert min(s["cosine_min"] for s in accuracy["per_step"]) >= 0.99
     assert accuracy["psnr_db"] >= 30
-    assert abs(accuracy["adherence"] - accuracy["fp32_adherence"]) <= 0.03
+    # One-sided: a prompt whose fp32 blob sits at a threshold may flip either way.
+    assert accuracy["adherence"] >= accuracy["fp32_adherence"] - 0.03
     assert json.loads((tmp_path / fmt / "recipe.json").read_text())["format"] == fmt
 
 

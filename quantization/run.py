@@ -17,7 +17,8 @@ from .onnx_qdq import QdqPlan
 from .recipe import Recipe
 from .scales import layer_quant
 
-EVAL_PROMPTS = 8
+# One prompt whose blob flips a threshold moves adherence by 2 / (3 * count): with 40, by 1.7 points.
+EVAL_PROMPTS = 40
 EVAL_SIZE = 256
 
 
