@@ -9,16 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from qiedge.export.specs import SPECS
+from qiedge.parity_tests.checks import Comparison
 from qiedge.runtime.adherence import adherence
 from qiedge.runtime.backends import TorchSession
 from qiedge.runtime.evaluate import psnr, ssim
 from qiedge.runtime.runner import open_runtime
 from qiedge.runtime.sampler import Request, Sessions, generate, to_uint8
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def torch_sessions(transformer) -> tuple[TorchSession, TorchSession]:
@@ -51,7 +47,8 @@ class PairedStep:
         expected = self.reference.run(feeds)["velocity"]
         cache = self.prefix.caches[id(feeds["past_keys"])]
         actual = self.quantized.run({**feeds, **cache})["velocity"]
-        self.steps.append((cosine(actual, expected), float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))))
+        figures = Comparison.of(actual, expected)
+        self.steps.append((figures.cosine, figures.rel_l2))
         return {"velocity": expected}
 
 
@@ -74,9 +71,10 @@ class Judge:
 
     def __init__(self, model_path, evaluation: Evaluation):
         self.runtime = open_runtime(model=model_path, backend="torch")
-        self.reference = self.runtime.sessions.step.module.transformer
+        self.reference = self.runtime.backend.reference("transformer")
         self.evaluation = evaluation
         self.fp32_images = self.images(self.reference)
+        self.fp32_adherence = _adherence_or_none(self.fp32_images, evaluation.prompts)
 
     def _sessions(self, prefix, step) -> Sessions:
         s = self.runtime.sessions
@@ -104,7 +102,7 @@ class Judge:
         prompts = self.evaluation.prompts
         return {"psnr_db": psnr(images, self.fp32_images), "ssim": ssim(images, self.fp32_images),
                 "adherence": _adherence_or_none(images, prompts),
-                "fp32_adherence": _adherence_or_none(self.fp32_images, prompts)}
+                "fp32_adherence": self.fp32_adherence}
 
     def final_velocity_error(self, transformer, request: Request) -> float:
         """Relative error of the last step's velocity along the fp32 trajectory."""

@@ -63,7 +63,7 @@ def _hook(stats: LayerStats, rng: np.random.Generator):
 def calibrate(model_path, recipe: Recipe, on_request=None) -> Calibration:
     """Run the calibration trajectories on the torch reference with recording hooks."""
     runtime = open_runtime(model=model_path, backend="torch")
-    transformer = runtime.sessions.step.module.transformer
+    transformer = runtime.backend.reference("transformer")
     rng = np.random.default_rng(recipe.calibration_set.seed)
     layers = {name: LayerStats(np.zeros(m.in_features, dtype=np.float32)) for name, m in linear_layers(transformer).items()}
     handles = [m.register_forward_pre_hook(_hook(layers[n], rng)) for n, m in linear_layers(transformer).items()]

@@ -5,9 +5,9 @@ reads (and ONNX Runtime's CPU provider runs):
     W (int8 / float8e4m3fn, stored quantized) -> DequantizeLinear(w_scale, axis=1) -^
 
 Weight-only INT4 keeps the activations in float and dequantizes blocks of G input channels
-(opset 21's blocked DequantizeLinear). Weights are quantized tensor by tensor while they stream into the external-data file (the
-export's `transform` hook), their scales computed from the tensor right there, so the 7B graph
-never needs the model in memory.
+(opset 21's blocked DequantizeLinear). Weights are quantized tensor by tensor while they stream
+into the external-data file (the export's `transform` hook), their scales computed from the
+tensor right there, so the 7B graph never needs the model in memory.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .scales import LayerQuant
-
 from qiedge.export.run import QDQ_OPSET
+
+from .scales import LayerQuant
 
 
 def _numpy(q: torch.Tensor, fmt: str) -> np.ndarray:

@@ -19,6 +19,7 @@ class Runtime:
     sessions: Sessions
     source: str  # what the images are made from: a model directory or an artifacts directory
     source_hash: str
+    backend: Backend  # the transformer's and VAE's
 
 
 def _torch_backend(model, name: str):
@@ -55,5 +56,5 @@ def open_runtime(model: Path | None = None, artifacts: Path | None = None, backe
     sessions = Sessions(encode=encode, prefix=main.load("transformer_prefix"), step=main.load("transformer_step"),
                         vae_decoder=main.load("vae_decoder"), vae_encoder=lambda: main.load("vae_encoder"))
     if store:
-        return Runtime(facts, sessions, str(store.path), store.manifest["source"]["model_hash"])
-    return Runtime(facts, sessions, str(model_dir.path), model_dir.fingerprint())
+        return Runtime(facts, sessions, str(store.path), store.manifest["source"]["model_hash"], main)
+    return Runtime(facts, sessions, str(model_dir.path), model_dir.fingerprint(), main)
