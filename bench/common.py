@@ -23,6 +23,17 @@ def median_seconds(fn: Callable[[], object], runs: int, warmup: int = 1) -> tupl
     return statistics.median(times), result
 
 
+def machine_header() -> str:
+    """Where the figures come from: the CPU, its features, and the threads the libraries use."""
+    import torch
+
+    from qiedge.runtime.hardware import detect
+
+    cpu = detect()
+    return (f"CPU: {cpu.summary()}\nfeatures: {' '.join(sorted(cpu.features))}\n"
+            f"torch {torch.__version__} (ATen {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)")
+
+
 def model_dir(preset: str, seed: int = 0) -> Path:
     from qiedge.reference_model import presets
     from qiedge.reference_model.model_dir import init_model_dir

@@ -16,7 +16,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from common import artifacts, median_seconds, model_dir, table
+from common import artifacts, machine_header, median_seconds, model_dir, table
+
+from qiedge.runtime.auto import TORCH_PATHS
 
 PROMPT = "a red circle on the left on a blue background"
 
@@ -34,11 +36,14 @@ class TimedSession:
         return out
 
 
-def qiedge_path(model, backend: str, art=None):
+def qiedge_path(model, backend: str, request, art=None):
     from qiedge.runtime.runner import open_runtime
-    from qiedge.runtime.sampler import Request, generate
+    from qiedge.runtime.sampler import generate
 
-    runtime = open_runtime(model=None if backend == "onnxruntime" else model, artifacts=art, backend=backend)
+    runtime = open_runtime(model=None if backend == "onnxruntime" else model, artifacts=art, backend=backend,
+                           request=request)
+    if backend == "auto":
+        print(f"auto: {runtime.choice.backend} ({runtime.choice.reason})", flush=True)
     clock = defaultdict(float)
     s = runtime.sessions
     s.prefix, s.step, s.vae_decoder = (TimedSession(x, n, clock) for x, n in
@@ -89,17 +94,18 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--paths", default="diffusers-fp32,diffusers-bf16,torch,torch-bf16,onnxruntime")
+    parser.add_argument("--paths", default="diffusers-fp32,diffusers-bf16,torch,torch-compile,torch-bf16,onnxruntime,auto")
     args = parser.parse_args()
 
+    print(machine_header(), flush=True)
     model = model_dir(args.preset)
     request = Request([PROMPT], width=args.size, height=args.size, seed=0)
     builders = {
         "diffusers-fp32": lambda: diffusers_path(model, "fp32"),
         "diffusers-bf16": lambda: diffusers_path(model, "bf16"),
-        "torch": lambda: qiedge_path(model, "torch"),
-        "torch-bf16": lambda: qiedge_path(model, "torch-bf16"),
-        "onnxruntime": lambda: qiedge_path(model, "onnxruntime", artifacts(model, "fp32")),
+        **{name: (lambda name=name: qiedge_path(model, name, request)) for name in TORCH_PATHS},
+        "onnxruntime": lambda: qiedge_path(model, "onnxruntime", request, artifacts(model, "fp32")),
+        "auto": lambda: qiedge_path(model, "auto", request),
     }
     results = {}
     for name in args.paths.split(","):

@@ -1,6 +1,9 @@
 """ONNX Runtime CPU latency of the transformer step, fp32 against INT8 and FP8 Q/DQ, for the
 small preset (random weights, calibrated on the shipped prompts). Prints a table.
 
+INT8 runs twice: on the kernels this CPU gets, and on the u8 x u8 kernels that CPUs without VNNI
+get (runtime/ort_int8.py), so one machine shows what the exact int8 path costs elsewhere.
+
     python bench/quant_latency.py --size 512 --runs 5
 """
 
@@ -11,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from common import CACHE, artifacts, median_seconds, model_dir, table
+from common import CACHE, artifacts, machine_header, median_seconds, model_dir, table
 
 
 def main() -> None:
@@ -19,6 +22,7 @@ def main() -> None:
     from qiedge.quantization.recipe import Recipe
     from qiedge.quantization.run import quantize
     from qiedge.reference_model.layout import build_layout, rope_tables
+    from qiedge.runtime import ort_int8
     from qiedge.runtime.artifacts import Artifacts
     from qiedge.runtime.backends import OnnxRuntimeBackend
 
@@ -26,6 +30,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    print(machine_header(), flush=True)
     model = model_dir("small")
     paths = {"fp32": artifacts(model, "fp32")}
     for fmt in ("int8", "fp8"):
@@ -52,7 +57,9 @@ def main() -> None:
                   "timestep": np.array([0.6], np.float32), "key_valid": layout.prefix_key_valid,
                   "rope_cos": cos[p:], "rope_sin": sin[p:]}
     results = {}
-    for name, path in paths.items():
+    saturates = ort_int8.saturates
+    for name, path in [*paths.items(), ("int8 u8u8 (no-VNNI kernels)", paths["int8"])]:
+        ort_int8.saturates = (lambda: True) if "u8u8" in name else saturates
         backend = OnnxRuntimeBackend(Artifacts.open(path))
         feeds = {**step_feeds, **backend.load("transformer_prefix").run(prefix_feeds)}
         step = backend.load("transformer_step")

@@ -133,6 +133,13 @@ def compare_component(name: str, ours: Session, reference: Session, cases, thres
             "failures": failures, "passed": not failures}
 
 
+def cached_step_velocities(backend, cases) -> list[np.ndarray]:
+    """For each (prefix feeds, step feeds) case: the step's velocity against the same backend's
+    own prefix K/V, as the sampler runs them."""
+    prefix, step = backend.load("transformer_prefix"), backend.load("transformer_step")
+    return [step.run({**feeds, **prefix.run(prefix_feeds)})["velocity"] for prefix_feeds, feeds in cases]
+
+
 def end_to_end_requests():
     from PIL import Image
 

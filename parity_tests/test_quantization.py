@@ -4,61 +4,146 @@ model computes, and on the trained demo checkpoint INT8 and FP8 keep the image (
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from qiedge.parity_tests.checks import Comparison, transformer_cases
+from qiedge.parity_tests.checks import Comparison, cached_step_velocities, transformer_cases
 from qiedge.quantization.accuracy import torch_sessions
 from qiedge.quantization.calibrate import calibrate
 from qiedge.quantization.fake_quant import quantize_transformer
 from qiedge.quantization.recipe import Recipe
 from qiedge.quantization.run import quantize
+from qiedge.runtime import ort_int8
 from qiedge.runtime.artifacts import Artifacts
 from qiedge.runtime.backends import OnnxRuntimeBackend
+from qiedge.runtime.evaluate import prompt_set
+from qiedge.runtime.hardware import detect
 
 pytestmark = pytest.mark.slow
+QDQ_REL_L2 = 5e-3
 
 
 def small_calibration(recipe: Recipe) -> Recipe:
     return replace(recipe, calibration_set=replace(recipe.calibration_set, count=8, cfg_prompts=1))
 
 
-@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4"])
-def test_qdq_graph_equals_the_fake_quant_model(fmt, tiny_dir, model, tmp_path):
+@dataclass
+class Quantized:
+    out: Path  # Q/DQ artifacts with every block quantized
+    record: dict
+    cases: list[tuple[dict, dict, np.ndarray]]  # (prefix feeds, step feeds, the fake-quant model's velocity)
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_dir, model, tmp_path_factory):
+    made = {}
+
+    def get(fmt: str) -> Quantized:
+        if fmt not in made:
+            made[fmt] = _quantize_every_block(fmt, tiny_dir, model, tmp_path_factory.mktemp(fmt))
+        return made[fmt]
+
+    return get
+
+
+def _quantize_every_block(fmt, tiny_dir, model, out) -> Quantized:
     recipe = small_calibration(Recipe.load(fmt))
     recipe = replace(recipe, keep_high_precision=("img_in", "txt_in.*", "time_text_embed.*", "modulation.*",
                                                   "norm_out.*", "proj_out"))  # every block quantized
-    out = tmp_path / fmt
-    record = quantize(tiny_dir, recipe, out, components=["transformer_prefix", "transformer_step"], log=lambda m: None)
-    assert len(record["layers_quantized"]) == 7 * model.transformer.num_layers
-    manifest = Artifacts.open(out).manifest
+    # The accuracy judge is not what these tests check: four prompts keep it quick.
+    prompts = out / "eval_prompts.txt"
+    prompts.write_text("\n".join(prompt_set("held-out", 4)))
+    record = quantize(tiny_dir, recipe, out / "artifacts", eval_prompts=str(prompts),
+                      components=["transformer_prefix", "transformer_step"], log=lambda m: None)
+    out = out / "artifacts"
+    calibration = None if fmt == "int4" else calibrate(tiny_dir, recipe)
+    fake = quantize_transformer(model.load_transformer(), recipe, calibration, record["layers_quantized"])
+    torch_prefix, torch_step = torch_sessions(fake)
+    cases = []
+    for _, feeds in transformer_cases(Artifacts.open(out).facts, model.transformer.context_in_dim, "transformer_step"):
+        prefix = feeds.pop("prefix")
+        cases.append((prefix, feeds, torch_step.run({**feeds, **torch_prefix.run(prefix)})["velocity"]))
+    return Quantized(out, record, cases)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4"])
+def test_qdq_graph_equals_the_fake_quant_model(fmt, quantized, model):
+    q = quantized(fmt)
+    assert len(q.record["layers_quantized"]) == 7 * model.transformer.num_layers
+    manifest = Artifacts.open(q.out).manifest
     assert manifest["components"]["transformer_step"]["precision"] == fmt
-    assert manifest["quantization"]["scales_hash"] == record["scales_hash"]
+    assert manifest["quantization"]["scales_hash"] == q.record["scales_hash"]
+    assert manifest["quantization"]["accuracy"]["measured_on"]["cpu"] == detect().summary()
+    kernels = manifest["quantization"].get("onnxruntime_int8", {}).get("where_u8s8_kernels_saturate", {})
+    assert kernels.get("session_config") == (ort_int8.EXACT_KERNELS if fmt == "int8" else None)
 
     import onnx
 
-    graph = onnx.load(str(out / "transformer" / "step.onnx"), load_external_data=False).graph
+    graph = onnx.load(str(q.out / "transformer" / "step.onnx"), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
-    layers = len(record["layers_quantized"])
+    layers = len(q.record["layers_quantized"])
     weight_only = fmt == "int4"
     assert ops.count("QuantizeLinear") == (0 if weight_only else layers)
     assert ops.count("DequantizeLinear") == (1 if weight_only else 2) * layers
 
-    reference = model.load_transformer()
-    calibration = None if weight_only else calibrate(tiny_dir, recipe)
-    fake = quantize_transformer(reference, recipe, calibration, record["layers_quantized"])
-    torch_prefix, torch_step = torch_sessions(fake)
-    backend = OnnxRuntimeBackend(Artifacts.open(out))
-    onnx_prefix, onnx_step = backend.load("transformer_prefix"), backend.load("transformer_step")
-    for _, feeds in transformer_cases(Artifacts.open(out).facts, model.transformer.context_in_dim, "transformer_step"):
-        prefix = feeds.pop("prefix")
-        cache = torch_prefix.run(prefix)
-        expected = torch_step.run({**feeds, **cache})["velocity"]
-        actual = onnx_step.run({**feeds, **onnx_prefix.run(prefix)})["velocity"]
+    onnx = cached_step_velocities(OnnxRuntimeBackend(Artifacts.open(q.out)), [(p, f) for p, f, _ in q.cases])
+    for actual, (_, _, expected) in zip(onnx, q.cases):
         # Expected differences: activations flipping at a rounding boundary (int8, fp8), and ONNX
         # Runtime fusing int4 DQ + MatMul into its own kernel, which sums in another order.
-        assert Comparison.of(actual, expected).rel_l2 <= 5e-3
+        assert Comparison.of(actual, expected).rel_l2 <= QDQ_REL_L2
+
+
+# Runs under an emulated CPU: the backend's sessions on int8 artifacts, then the same sessions
+# built without the remedy, so the test shows both what saturation does and that it is avoided.
+EMULATED = """
+import sys, json, numpy as np
+from qiedge.parity_tests.checks import cached_step_velocities
+from qiedge.runtime import ort_int8
+from qiedge.runtime import ort_int8
+from qiedge.runtime.artifacts import Artifacts
+from qiedge.runtime.backends import OnnxRuntimeBackend
+from qiedge.runtime.evaluate import prompt_set
+from qiedge.runtime.hardware import detect
+backend, data = OnnxRuntimeBackend(Artifacts.open(sys.argv[1])), np.load(sys.argv[2])
+part = lambda i, kind: {k.split(".", 2)[2]: data[k] for k in data.files if k.startswith(f"{i}.{kind}.")}
+cases = [(part(i, "prefix"), part(i, "step")) for i in range(int(data["n"]))]
+saturates = ort_int8.saturates()
+remedied = cached_step_velocities(backend, cases)
+ort_int8.session_config = lambda precision: {}
+plain = cached_step_velocities(backend, cases)
+np.savez(sys.argv[3], **{f"remedied.{i}": v for i, v in enumerate(remedied)}, **{f"plain.{i}": v for i, v in enumerate(plain)})
+print(json.dumps({"saturates": saturates}))
+"""
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None or platform.machine() != "x86_64",
+                    reason="needs an x86-64 host with qemu-x86_64 (Debian's qemu-user) to emulate a CPU without VNNI")
+def test_int8_graph_is_exact_on_a_cpu_without_vnni(quantized, tmp_path):
+    """ONNX Runtime on an emulated Haswell (AVX2, no VNNI): its u8s8 kernels saturate there, and
+    the backend's sessions avoid them, so the graph still computes what the fake-quant model does."""
+    q = quantized("int8")
+    feeds = {"n": np.array(len(q.cases))}
+    for i, (prefix, step, _) in enumerate(q.cases):
+        feeds.update({f"{i}.prefix.{k}": v for k, v in prefix.items()})
+        feeds.update({f"{i}.step.{k}": v for k, v in step.items()})
+    np.savez(tmp_path / "cases.npz", **feeds)
+    result = subprocess.run(["qemu-x86_64", "-cpu", "Haswell", sys.executable, "-c", EMULATED, str(q.out),
+                             str(tmp_path / "cases.npz"), str(tmp_path / "out.npz")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == {"saturates": True}
+    outputs = np.load(tmp_path / "out.npz")
+    expected = [e for _, _, e in q.cases]
+    remedied = [Comparison.of(outputs[f"remedied.{i}"], e).rel_l2 for i, e in enumerate(expected)]
+    plain = [Comparison.of(outputs[f"plain.{i}"], e).rel_l2 for i, e in enumerate(expected)]
+    assert max(remedied) <= QDQ_REL_L2
+    assert max(plain) > QDQ_REL_L2  # what a CPU without VNNI computed before: saturated sums
 
 
 @pytest.mark.parametrize("fmt", ["int8", "fp8"])

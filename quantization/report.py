@@ -44,7 +44,8 @@ def write_report(folder: Path, record: dict, ranking: dict | None, judge, images
 <h1>{html.escape(record['recipe']['name'])}: {record['format']}</h1>
 <p>PSNR {a['psnr_db']:.2f} dB, SSIM {a['ssim']:.4f} against fp32; adherence {adherence(a['adherence'])}
 (fp32 {adherence(a['fp32_adherence'])}); {len(record['layers_quantized'])} layers quantized,
-{len(record['layers_high_precision'])} kept in high precision.</p>
+{len(record['layers_high_precision'])} kept in high precision. Measured on {html.escape(a['measured_on']['cpu'])},
+by {html.escape(a['measured_on']['by'])}.</p>
 <h2>Per-step velocity along the fp32 trajectory</h2><table><tr><th>step</th><th>cosine (min)</th><th>relative error (mean)</th></tr>{steps}</table>
 <h2>Images: fp32, {record['format']}, difference</h2><table>{rows}</table>
 <h2>Per-layer sensitivity (final-velocity relative error, one layer quantized)</h2><table>{layers}</table>

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from qiedge.reference_model.model_dir import ModelDir
 from qiedge.runtime.evaluate import prompt_set
+from qiedge.runtime.hardware import detect
+from qiedge.runtime.ort_int8 import EXACT_KERNELS
 
 from .accuracy import Evaluation, Judge
 from .calibrate import calibrate, linear_layers
@@ -20,6 +22,12 @@ from .scales import layer_quant
 # One prompt whose blob flips a threshold moves adherence by 2 / (3 * count): with 40, by 1.7 points.
 EVAL_PROMPTS = 40
 EVAL_SIZE = 256
+# How the runtime keeps int8 graphs exact on every CPU (runtime/ort_int8.py), recorded with them.
+ONNXRUNTIME_INT8 = {
+    "graph": "symmetric s8 x s8 Q/DQ, 8-bit weights (as TensorRT reads it)",
+    "where_u8s8_kernels_saturate": {"cpus": "x86 without VNNI, found by a probe graph at load",
+                                    "session_config": EXACT_KERNELS, "kernels": "u8 x u8, 32-bit sums: exact"},
+}
 
 
 def scales_digest(quants: dict, fmt: str, weights: dict) -> str:
@@ -78,14 +86,16 @@ def quantize(model_path, recipe: Recipe, out, report_dir=None, target_psnr: floa
     quantized = quantize_transformer(judge.reference, recipe, calibration, layers)
     images = judge.images(quantized)
     accuracy = {"per_step": judge.per_step(quantized), **judge.image_figures(images),
-                "evaluation": {"prompts": eval_prompts, "count": EVAL_PROMPTS, "size": EVAL_SIZE}}
+                "evaluation": {"prompts": eval_prompts, "count": EVAL_PROMPTS, "size": EVAL_SIZE},
+                "measured_on": {"cpu": detect().summary(), "by": "the fake-quant torch model (the graph's arithmetic)"}}
     weights = dict(judge.reference.named_parameters())
     quants = {n: layer_quant(n, weights[f"{n}.weight"], calibration, recipe) for n in layers}
     record = {"recipe": json.loads(recipe.to_json()), "format": recipe.format, "layers_quantized": layers,
               "layers_high_precision": [n for n in all_layers if n not in layers],
               "calibration": calibration.settings if calibration else None,
               "calibration_hash": calibration.digest() if calibration else None,
-              "scales_hash": scales_digest(quants, recipe.format, weights), "accuracy": accuracy}
+              "scales_hash": scales_digest(quants, recipe.format, weights), "accuracy": accuracy,
+              **({"onnxruntime_int8": ONNXRUNTIME_INT8} if recipe.format == "int8" else {})}
     log("exporting Q/DQ graphs")
     export_onnx(out, "fp32", model=model, components=components, qdq=QdqPlan(quants, recipe.format), quantization=record)
     (Path(out) / "recipe.json").write_text(recipe.to_json())

@@ -69,3 +69,12 @@ def load_into(module: nn.Module, folder: Path, dtype: torch.dtype = torch.float3
 
 def save(module: nn.Module, path: Path) -> None:
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+
+
+def parameter_count(folder: Path) -> int:
+    """Parameters stored in a component folder, read from the safetensors headers alone."""
+    total = 0
+    for path in weight_files(folder):
+        with safe_open(path, framework="pt") as f:
+            total += sum(torch.Size(f.get_slice(k).get_shape()).numel() for k in f.keys())
+    return total

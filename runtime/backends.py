@@ -10,6 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
+from . import ort_int8
+from .auto import TORCH_PATHS
 from .artifacts import Artifacts
 
 
@@ -52,6 +54,8 @@ class OnnxRuntimeBackend:
         if self.threads:
             options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
+        for key, value in ort_int8.session_config(self.artifacts.component(component)["precision"]).items():
+            options.add_session_config_entry(key, value)
         return OnnxRuntimeSession(ort.InferenceSession(str(path), options, providers=self.providers))
 
 
@@ -75,14 +79,17 @@ class TorchSession:
 class TorchBackend:
     """The PyTorch reference behind the same sessions, straight from a model directory.
 
-    `fast=True` is the CPU fast path: fp32 weights, matrix work in bf16 under autocast (AMX),
-    compiled by inductor with frozen weights. The residual stream stays fp32, which keeps it far
-    closer to the fp32 reference than casting the whole model to bf16 (and is faster too).
+    `torch` is the eager fp32 reference. `torch-compile` compiles it (inductor fuses the norms,
+    RoPE and gates around the matmuls). `torch-bf16` also runs the matrix work in bf16 under
+    autocast: fp32 weights, the residual stream kept fp32, which keeps it far closer to the fp32
+    reference than casting the whole model to bf16 (and is faster too) where bf16 is native.
     """
 
-    def __init__(self, model, fast: bool = False):
-        self.model, self.fast = model, fast
-        self.name = "torch-bf16" if fast else "torch"
+    def __init__(self, model, name: str = "torch"):
+        if name not in TORCH_PATHS:
+            raise ValueError(f"unknown torch path {name!r}; choose one of {', '.join(TORCH_PATHS)}")
+        self.model, self.name = model, name
+        self.compiled, self.autocast = TORCH_PATHS[name]
         self._modules = {}
 
     def reference(self, weights: str):
@@ -100,9 +107,9 @@ class TorchBackend:
 
         spec = SPECS[component]
         module = spec.wrapper(self.reference(spec.weights)).eval()
-        if self.fast and component != "condition_encoder":
+        if self.compiled and component != "condition_encoder":
             import torch._inductor.config as inductor
 
             inductor.freezing = True
             module = torch.compile(module, dynamic=False)
-        return TorchSession(module, spec, autocast=self.fast)
+        return TorchSession(module, spec, autocast=self.autocast)

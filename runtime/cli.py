@@ -22,6 +22,14 @@ def _emit(args, payload: dict, text: str) -> None:
     print(json.dumps(payload, indent=2) if args.json else text)
 
 
+def _announce(args, runtime) -> None:
+    """The first line says which path runs the model and why; warnings follow it, once."""
+    if not args.json:
+        print(f"backend {runtime.choice.backend}: {runtime.choice.reason}", file=sys.stderr)
+    for warning in runtime.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def cmd_init(args) -> None:
     from qiedge.reference_model import presets
     from qiedge.reference_model.model_dir import init_model_dir
@@ -50,7 +58,8 @@ def cmd_generate(args) -> None:
     model = args.model or (None if args.artifacts else default_model_dir())
     start = time.perf_counter()
     runtime = open_runtime(model=model, artifacts=args.artifacts, backend=args.backend,
-                           encoder_backend=args.encoder_backend, threads=args.threads)
+                           encoder_backend=args.encoder_backend, threads=args.threads, request=request)
+    _announce(args, runtime)
     with step_progress("denoising", quiet=args.json) as on_step:
         images = to_uint8(generate(request, runtime.facts, runtime.sessions, on_step=on_step))
     seconds = time.perf_counter() - start
@@ -59,7 +68,8 @@ def cmd_generate(args) -> None:
                 "steps": len(schedule_for(runtime.facts, tokens, args.steps)) - 1, "cfg": args.cfg,
                 "width": args.width, "height": args.height, "model": runtime.source, "model_hash": runtime.source_hash}
     outputs = save_png(images, Path(args.out), metadata)
-    _emit(args, {**metadata, "images": [str(p) for p in outputs], "seconds": round(seconds, 3)},
+    _emit(args, {**metadata, "backend": runtime.choice.backend, "backend_reason": runtime.choice.reason,
+                 "images": [str(p) for p in outputs], "seconds": round(seconds, 3)},
           "\n".join(f"wrote {p}" for p in outputs) + f"  ({seconds:.2f} s)")
 
 
@@ -125,14 +135,18 @@ def cmd_eval(args) -> None:
     from qiedge.runtime.evaluate import evaluate, prompt_set
     from qiedge.runtime.progress import step_progress
     from qiedge.runtime.runner import open_runtime
+    from qiedge.runtime.sampler import Request
 
     model = args.model or (None if args.artifacts else default_model_dir())
-    runtime = open_runtime(model=model, artifacts=args.artifacts, backend=args.backend, threads=args.threads)
+    prompts = prompt_set(args.prompts, args.count, args.seed)
+    request = Request(prompts, width=args.size, height=args.size, seed=args.seed)  # the whole job, for auto
+    runtime = open_runtime(model=model, artifacts=args.artifacts, backend=args.backend, threads=args.threads,
+                           request=request)
+    _announce(args, runtime)
     against = None
     if args.against_model or args.against_artifacts:
         against = open_runtime(model=args.against_model, artifacts=args.against_artifacts,
-                               backend=args.against_backend, threads=args.threads)
-    prompts = prompt_set(args.prompts, args.count, args.seed)
+                               backend=args.against_backend, threads=args.threads, request=request)
     with step_progress("generating", quiet=args.json) as on_batch:
         report = evaluate(runtime, prompts, args.size, args.seed, against, on_batch=on_batch)
     report.update(source=runtime.source, prompt_set=args.prompts)
@@ -168,6 +182,8 @@ def cmd_quantize(args) -> None:
 
 
 def cmd_inspect(args) -> None:
+    if args.hardware:
+        return _inspect_hardware(args)
     from qiedge.reference_model import inspect, presets
     from qiedge.reference_model.model_dir import ModelDir
 
@@ -184,7 +200,30 @@ def cmd_inspect(args) -> None:
     _emit(args, info, "\n".join(lines))
 
 
+def _inspect_hardware(args) -> None:
+    from qiedge.runtime.hardware import report
+
+    info = report()
+    cpu, t, ort, a = info["cpu"], info["torch"], info["onnxruntime"], info["auto"]
+    lines = [f"cpu          {cpu['model']} ({cpu['arch']}, {cpu['cores']} cores, {cpu['vector_isa']})",
+             f"features     {' '.join(cpu['features']) or 'none detected'}",
+             f"bf16         {'native (' + cpu['bf16'] + ')' if cpu['bf16'] else 'emulated'}",
+             f"int8 dot     {'native (' + cpu['int8_dot'] + ')' if cpu['int8_dot'] else 'not native'}"]
+    if t:
+        lines.append(f"torch        {t['version']}: ATen {t['aten_capability']}; AMX {_yes(t['amx'])}, "
+                     f"AVX512-BF16 {_yes(t['avx512_bf16'])}, VNNI {_yes(t['vnni'])}")
+    lines.append(f"onnxruntime  {ort['version']}: {ort['int8']}")
+    lines.append(f"auto         {a['backend']} ({a['reason']}); jobs under {a['below_flop']:.0e} FLOP: {a['below']}")
+    _emit(args, info, "\n".join(lines))
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from qiedge.runtime.auto import BACKENDS  # stdlib only: --help stays instant
+
     parser = argparse.ArgumentParser(prog="qiedge", description="Qwen-Image-2 for phones, Macs and edge GPUs.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--model", help="model directory (default: the built-in demo model, unless --artifacts)")
     p.add_argument("--artifacts", help="exported artifacts directory")
-    p.add_argument("--backend", choices=("torch", "torch-bf16", "onnxruntime"),
-                   help="default: onnxruntime with --artifacts, else torch; torch-bf16 is the compiled CPU fast path")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto (default): onnxruntime with --artifacts, else the fastest torch path for this CPU "
+                        "(torch-bf16 where bf16 is native, torch-compile where it is emulated, eager torch for small jobs)")
     p.add_argument("--encoder-backend", choices=("torch", "onnxruntime"),
                    help="run the condition encoder elsewhere (editing needs torch: the vision tower is not exported)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
@@ -241,14 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="prompt adherence of the demo model (and PSNR/SSIM against another source)")
     p.add_argument("--model")
     p.add_argument("--artifacts")
-    p.add_argument("--backend", choices=("torch", "torch-bf16", "onnxruntime"))
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--prompts", default="held-out", help="held-out, train, or a file with one prompt per line")
     p.add_argument("--count", type=int, default=40)
     p.add_argument("--size", type=int, default=256, help="the demo model is judged at 256 px (its VAE blurs 128 px scenes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--against-model")
     p.add_argument("--against-artifacts")
-    p.add_argument("--against-backend", choices=("torch", "torch-bf16", "onnxruntime"))
+    p.add_argument("--against-backend", choices=BACKENDS, default="auto")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -270,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model")
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--hardware", action="store_true", help="the CPU, what torch and onnxruntime make of it, and "
+                                                             "the path --backend auto picks here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
     return parser

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import auto, ort_int8
 from .artifacts import Artifacts, ModelFacts
+from .auto import BACKENDS, TORCH_PATHS
 from .backends import Backend, OnnxRuntimeBackend
-from .sampler import GraphPromptEncoder, Sessions
+from .hardware import detect
+from .sampler import PIXELS_PER_TOKEN, GraphPromptEncoder, Request, Sessions, schedule_for
 from .tokenizer import PromptTokenizer
-
-BACKENDS = ("torch", "torch-bf16", "onnxruntime")
 
 
 @dataclass
@@ -20,41 +21,71 @@ class Runtime:
     source: str  # what the images are made from: a model directory or an artifacts directory
     source_hash: str
     backend: Backend  # the transformer's and VAE's
+    choice: auto.Choice  # which backend runs them, and why
+    warnings: list[str] = field(default_factory=list)
 
 
 def _torch_backend(model, name: str):
     from .backends import TorchBackend
 
-    return TorchBackend(model, fast=name == "torch-bf16")
+    return TorchBackend(model, name)
+
+
+def _job_flop(model_dir, facts: ModelFacts, request: Request | None) -> float:
+    """The denoising loop's FLOPs for this request; unbounded without one (a long-running user)."""
+    if request is None:
+        return float("inf")
+    from qiedge.reference_model.weights import parameter_count
+
+    tokens = (request.width // PIXELS_PER_TOKEN) * (request.height // PIXELS_PER_TOKEN)
+    steps = len(schedule_for(facts, tokens, request.steps)) - 1
+    images = len(request.prompts) * (2 if request.guided else 1)
+    return auto.transformer_flop(parameter_count(model_dir.path / "transformer"), tokens, steps, images)
+
+
+def _choose(backend: str, model_dir, store: Artifacts | None, facts: ModelFacts, request: Request | None) -> auto.Choice:
+    if backend != "auto":
+        return auto.Choice(backend, "as asked")
+    if store is not None:
+        int8 = any(c["precision"] == "int8" for c in store.components.values())
+        return auto.Choice("onnxruntime", "exported graphs" + (f"; int8 {ort_int8.describe()}" if int8 else ""))
+    return auto.choose(detect(), _job_flop(model_dir, facts, request))
 
 
 def open_runtime(model: Path | None = None, artifacts: Path | None = None, backend: str | None = None,
-                 encoder_backend: str | None = None, threads: int | None = None) -> Runtime:
+                 encoder_backend: str | None = None, threads: int | None = None,
+                 request: Request | None = None) -> Runtime:
     """Sessions for one generate: the transformer, VAE and encoder each on the backend asked for.
 
-    With `--artifacts` the default backend is onnxruntime, with `--model` torch. Editing needs the
-    vision tower, so its condition encoder runs on torch (from `--model`).
+    `auto` (the default) runs `--artifacts` on onnxruntime, and a `--model` on the torch path
+    that is fastest on this CPU for a job of `request`'s size. Editing needs the vision tower,
+    so its condition encoder runs on torch (from `--model`).
     """
     from qiedge.reference_model.model_dir import ModelDir
 
-    backend = backend or ("onnxruntime" if artifacts else "torch")
+    backend = backend or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     model_dir = ModelDir.open(model) if model else None
     store = Artifacts.open(artifacts) if artifacts else None
     if backend == "onnxruntime" and store is None:
         raise ValueError("the onnxruntime backend runs exported graphs: pass --artifacts ART")
-    if model_dir is None and (backend.startswith("torch") or encoder_backend == "torch"):
+    if model_dir is None and (backend in TORCH_PATHS or encoder_backend == "torch"):
         raise ValueError("the torch backends run the reference: pass --model DIR")
 
-    main: Backend = OnnxRuntimeBackend(store, threads) if backend == "onnxruntime" else _torch_backend(model_dir, backend)
     facts = store.facts if store else ModelFacts.from_model_dir(model_dir)
-    if (encoder_backend or backend).startswith("torch"):
+    choice = _choose(backend, model_dir, store, facts, request)
+    warning = auto.bf16_warning(detect()) if choice.backend == "torch-bf16" else None
+    if choice.backend == "onnxruntime":
+        main: Backend = OnnxRuntimeBackend(store, threads)
+    else:
+        main = _torch_backend(model_dir, choice.backend)
+    if (encoder_backend or choice.backend) in TORCH_PATHS:
         encode = model_dir.load_condition_encoder()  # transformers' processor + model: text and images
     else:
         encode = GraphPromptEncoder(PromptTokenizer(facts.tokenizer_json), main.load("condition_encoder"))
     sessions = Sessions(encode=encode, prefix=main.load("transformer_prefix"), step=main.load("transformer_step"),
                         vae_decoder=main.load("vae_decoder"), vae_encoder=lambda: main.load("vae_encoder"))
-    if store:
-        return Runtime(facts, sessions, str(store.path), store.manifest["source"]["model_hash"], main)
-    return Runtime(facts, sessions, str(model_dir.path), model_dir.fingerprint(), main)
+    source, source_hash = ((str(store.path), store.manifest["source"]["model_hash"]) if store
+                           else (str(model_dir.path), model_dir.fingerprint()))
+    return Runtime(facts, sessions, source, source_hash, main, choice, [warning] if warning else [])

@@ -35,6 +35,14 @@ def test_generate_writes_png_with_metadata(tiny, tmp_path):
     assert image.text["qiedge:seed"] == "5"
     assert image.text["qiedge:steps"] == "4"
     assert image.text["qiedge:model_hash"] == report["model_hash"] and len(report["model_hash"]) == 64
+    assert report["backend"] == "torch" and "GFLOP job" in report["backend_reason"]  # auto: too small to compile
+
+
+def test_generate_says_which_backend_runs_and_why(tiny, tmp_path):
+    result = qiedge("generate", "a red circle", "--model", str(tiny), "--width", "32", "--height", "32",
+                    "--out", str(tmp_path / "a.png"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0].startswith("backend torch: a 0 GFLOP job")
 
 
 def test_generate_is_deterministic_and_edits(tiny, tmp_path):
