@@ -1,10 +1,11 @@
-# Quick start: `make demo` (set up, draw one image with the built-in demo model) and `make test`.
+# Quick start: `make demo` (set up, draw one image with the built-in demo model) and `make test`
+# (lint, then the whole suite).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_PROMPT ?= a red circle on the left on a blue background
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,11 @@ demo: $(VENV)/.torch
 	$(BIN)/qiedge generate "$(DEMO_PROMPT)" --width 256 --height 256 --out out/demo.png
 	@echo "demo image: $(CURDIR)/out/demo.png"
 
-test: $(VENV)/.test
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -26,12 +26,13 @@ def median_seconds(fn: Callable[[], object], runs: int, warmup: int = 1) -> tupl
 def machine_header() -> str:
     """Where the figures come from: the CPU, its features, and the threads the libraries use."""
     import torch
-
     from qiedge.runtime.hardware import detect
 
     cpu = detect()
-    return (f"CPU: {cpu.summary()}\nfeatures: {' '.join(sorted(cpu.features))}\n"
-            f"torch {torch.__version__} (ATen {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)")
+    return (
+        f"CPU: {cpu.summary()}\nfeatures: {' '.join(sorted(cpu.features))}\n"
+        f"torch {torch.__version__} (ATen {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
+    )
 
 
 def model_dir(preset: str, seed: int = 0) -> Path:
@@ -55,8 +56,14 @@ def artifacts(model: Path, precision: str) -> Path:
 
 
 def table(headers: list[str], rows: list[list]) -> str:
-    cells = [headers] + [[c if isinstance(c, str) else f"{c:.3g}" if isinstance(c, float) else str(c) for c in row]
-                         for row in rows]
+    cells = [headers] + [
+        [c if isinstance(c, str) else f"{c:.3g}" if isinstance(c, float) else str(c) for c in row] for row in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
+
+    def line(r):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+
+    return "\n".join(
+        [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]]
+    )

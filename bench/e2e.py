@@ -11,13 +11,12 @@ the medians (one warm-up call) and reported on its own.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections import defaultdict
 
 import numpy as np
-
 from common import artifacts, machine_header, median_seconds, model_dir, table
-
 from qiedge.runtime.auto import TORCH_PATHS
 
 PROMPT = "a red circle on the left on a blue background"
@@ -40,14 +39,16 @@ def qiedge_path(model, backend: str, request, art=None):
     from qiedge.runtime.runner import open_runtime
     from qiedge.runtime.sampler import generate
 
-    runtime = open_runtime(model=None if backend == "onnxruntime" else model, artifacts=art, backend=backend,
-                           request=request)
+    runtime = open_runtime(
+        model=None if backend == "onnxruntime" else model, artifacts=art, backend=backend, request=request
+    )
     if backend == "auto":
         print(f"auto: {runtime.choice.backend} ({runtime.choice.reason})", flush=True)
     clock = defaultdict(float)
     s = runtime.sessions
-    s.prefix, s.step, s.vae_decoder = (TimedSession(x, n, clock) for x, n in
-                                       ((s.prefix, "prefix"), (s.step, "step"), (s.vae_decoder, "vae_decoder")))
+    s.prefix, s.step, s.vae_decoder = (
+        TimedSession(x, n, clock) for x, n in ((s.prefix, "prefix"), (s.step, "step"), (s.vae_decoder, "vae_decoder"))
+    )
     encode = s.encode
 
     def timed_encode(prompts, images):
@@ -79,8 +80,13 @@ def diffusers_path(model, dtype_name: str):
 
     def run(request):
         start = time.perf_counter()
-        image = pipe(request.prompts, width=request.width, height=request.height, output_type="np",
-                     generator=torch.Generator().manual_seed(request.seed)).images
+        image = pipe(
+            request.prompts,
+            width=request.width,
+            height=request.height,
+            output_type="np",
+            generator=torch.Generator().manual_seed(request.seed),
+        ).images
         return image.astype(np.float32), {"total": time.perf_counter() - start}
 
     return run
@@ -94,7 +100,9 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--paths", default="diffusers-fp32,diffusers-bf16,torch,torch-compile,torch-bf16,onnxruntime,auto")
+    parser.add_argument(
+        "--paths", default="diffusers-fp32,diffusers-bf16,torch,torch-compile,torch-bf16,onnxruntime,auto"
+    )
     args = parser.parse_args()
 
     print(machine_header(), flush=True)
@@ -113,7 +121,7 @@ def main() -> None:
         start = time.perf_counter()
         run(request)  # warm-up: compilation, allocator, caches
         warmup = time.perf_counter() - start
-        seconds, (image, clock) = median_seconds(lambda: run(request), args.runs, warmup=0)
+        seconds, (image, clock) = median_seconds(functools.partial(run, request), args.runs, warmup=0)
         results[name] = (seconds, image, clock, warmup)
         print(f"{name}: {seconds:.3f} s", flush=True)
 
@@ -123,14 +131,38 @@ def main() -> None:
     for name, (seconds, image, clock, warmup) in results.items():
         inside = sum(v for k, v in clock.items() if k != "total")
         overhead = f"{100 * (clock['total'] - inside) / clock['total']:.2f}%" if inside else "n/a"
-        rows.append([name, seconds, f"{fp32 / seconds:.2f}x" if fp32 else "-", f"{bf16 / seconds:.2f}x" if bf16 else "-",
-                     f"{psnr(image, reference, peak=1.0):.1f}", overhead, f"{warmup:.1f}"])
+        rows.append(
+            [
+                name,
+                seconds,
+                f"{fp32 / seconds:.2f}x" if fp32 else "-",
+                f"{bf16 / seconds:.2f}x" if bf16 else "-",
+                f"{psnr(image, reference, peak=1.0):.1f}",
+                overhead,
+                f"{warmup:.1f}",
+            ]
+        )
     print(f"\n{args.preset} preset, {args.size}x{args.size}, 4 steps, batch 1, median of {args.runs} runs\n")
-    print(table(["path", "median s", "vs diffusers fp32", "vs diffusers bf16", "PSNR vs fp32 dB", "runtime overhead",
-                 "first call s"], rows))
+    print(
+        table(
+            [
+                "path",
+                "median s",
+                "vs diffusers fp32",
+                "vs diffusers bf16",
+                "PSNR vs fp32 dB",
+                "runtime overhead",
+                "first call s",
+            ],
+            rows,
+        )
+    )
     parts = ["encoder", "prefix", "step", "vae_decoder"]
-    rows = [[name] + [clock.get(p, float("nan")) for p in parts] for name, (_, _, clock, _) in results.items()
-            if "step" in clock]
+    rows = [
+        [name] + [clock.get(p, float("nan")) for p in parts]
+        for name, (_, _, clock, _) in results.items()
+        if "step" in clock
+    ]
     print("\nper component, seconds (last run)\n")
     print(table(["path", *parts], rows))
 

@@ -26,17 +26,34 @@ def main() -> None:
     args = parser.parse_args()
 
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="qiedge-7b-")) / "art"
-    command = [sys.executable, "-m", "qiedge.runtime.cli", "export", "--preset", "qwen-image-2-7b",
-               "--precision", args.precision, "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "qiedge.runtime.cli",
+        "export",
+        "--preset",
+        "qwen-image-2-7b",
+        "--precision",
+        args.precision,
+        "--out",
+        str(out),
+    ]
     if args.components:
         command += ["--components", args.components]
     start = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - start
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
-    sizes = {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 1e9 for p in out.iterdir() if p.is_dir()}
-    print(table(["what", "value"], [["wall time", f"{seconds:.0f} s"], ["peak RSS", f"{peak_gb:.2f} GB"]]
-                + [[f"{name}/ size", f"{gb:.2f} GB"] for name, gb in sorted(sizes.items())]))
+    sizes = {
+        p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 1e9 for p in out.iterdir() if p.is_dir()
+    }
+    print(
+        table(
+            ["what", "value"],
+            [["wall time", f"{seconds:.0f} s"], ["peak RSS", f"{peak_gb:.2f} GB"]]
+            + [[f"{name}/ size", f"{gb:.2f} GB"] for name, gb in sorted(sizes.items())],
+        )
+    )
     if not args.keep:
         shutil.rmtree(out.parent)
 

@@ -10,10 +10,10 @@ get (runtime/ort_int8.py), so one machine shows what the exact int8 path costs e
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import replace
 
 import numpy as np
-
 from common import CACHE, artifacts, machine_header, median_seconds, model_dir, table
 
 
@@ -49,13 +49,22 @@ def main() -> None:
     cos, sin = rope_tables(layout.positions, facts.axes_dims_rope)
     p = layout.prefix_len
     context = Artifacts.open(paths["fp32"]).manifest["model"]["transformer"]["context_in_dim"]
-    prefix_feeds = {"text": rng.standard_normal((1, 40, context), dtype=np.float32),
-                    "cond_latents": np.zeros((1, 0, facts.latent_channels), np.float32),
-                    "prefix_gather": layout.prefix_gather, "segment_ids": layout.segment_ids,
-                    "key_valid": layout.prefix_key_valid, "rope_cos": cos[:p], "rope_sin": sin[:p]}
-    step_feeds = {"latents": rng.standard_normal((1, h * w, facts.latent_channels), dtype=np.float32),
-                  "timestep": np.array([0.6], np.float32), "key_valid": layout.prefix_key_valid,
-                  "rope_cos": cos[p:], "rope_sin": sin[p:]}
+    prefix_feeds = {
+        "text": rng.standard_normal((1, 40, context), dtype=np.float32),
+        "cond_latents": np.zeros((1, 0, facts.latent_channels), np.float32),
+        "prefix_gather": layout.prefix_gather,
+        "segment_ids": layout.segment_ids,
+        "key_valid": layout.prefix_key_valid,
+        "rope_cos": cos[:p],
+        "rope_sin": sin[:p],
+    }
+    step_feeds = {
+        "latents": rng.standard_normal((1, h * w, facts.latent_channels), dtype=np.float32),
+        "timestep": np.array([0.6], np.float32),
+        "key_valid": layout.prefix_key_valid,
+        "rope_cos": cos[p:],
+        "rope_sin": sin[p:],
+    }
     results = {}
     saturates = ort_int8.saturates
     for name, path in [*paths.items(), ("int8 u8u8 (no-VNNI kernels)", paths["int8"])]:
@@ -63,14 +72,19 @@ def main() -> None:
         backend = OnnxRuntimeBackend(Artifacts.open(path))
         feeds = {**step_feeds, **backend.load("transformer_prefix").run(prefix_feeds)}
         step = backend.load("transformer_step")
-        seconds, out = median_seconds(lambda: step.run(feeds)["velocity"], args.runs)
+        seconds, out = median_seconds(functools.partial(step.run, feeds), args.runs)
+        out = out["velocity"]
         size = sum(f.stat().st_size for f in (path / "transformer").iterdir() if f.suffix == ".bin") / 1e6
         results[name] = (seconds, out, size)
     base_s, base_v, _ = results["fp32"]
-    rows = [[name, f"{s * 1e3:.0f}", f"{base_s / s:.2f}x", f"{Comparison.of(v, base_v).cosine:.5f}", f"{mb:.0f}"]
-            for name, (s, v, mb) in results.items()]
-    print(f"\nsmall preset transformer step, {args.size}x{args.size} ({h * w} image + 40 text tokens), "
-          f"ONNX Runtime CPU, median of {args.runs}\n")
+    rows = [
+        [name, f"{s * 1e3:.0f}", f"{base_s / s:.2f}x", f"{Comparison.of(v, base_v).cosine:.5f}", f"{mb:.0f}"]
+        for name, (s, v, mb) in results.items()
+    ]
+    print(
+        f"\nsmall preset transformer step, {args.size}x{args.size} ({h * w} image + 40 text tokens), "
+        f"ONNX Runtime CPU, median of {args.runs}\n"
+    )
     print(table(["graph", "ms", "speed vs fp32", "velocity cosine vs fp32", "weights MB"], rows))
 
 

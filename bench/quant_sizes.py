@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import table
 
 
@@ -35,9 +34,17 @@ def main() -> None:
         total = sum(p.numel() for p in model.parameters())
         rest = total - q_params
         int4 = q_params / 2 + 2 * q_params / args.group
-        sizes = {"fp32": 4 * total, "fp16": 2 * total, "int8": q_params + 2 * rest, "fp8": q_params + 2 * rest,
-                 f"int4 (g{args.group})": int4 + 2 * rest}
-        rows.append([name, f"{total / 1e6:,.0f}M", f"{100 * q_params / total:.0f}%"] + [f"{b / 1e9:.3f}" for b in sizes.values()])
+        sizes = {
+            "fp32": 4 * total,
+            "fp16": 2 * total,
+            "int8": q_params + 2 * rest,
+            "fp8": q_params + 2 * rest,
+            f"int4 (g{args.group})": int4 + 2 * rest,
+        }
+        rows.append(
+            [name, f"{total / 1e6:,.0f}M", f"{100 * q_params / total:.0f}%"]
+            + [f"{b / 1e9:.3f}" for b in sizes.values()]
+        )
     print(table(["preset", "parameters", "quantized share", *[f"{k} GB" for k in sizes]], rows))
 
 

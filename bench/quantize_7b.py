@@ -32,23 +32,44 @@ def main() -> None:
     preset = presets.get_preset("qwen-image-2-7b")
     recipe = Recipe.load(args.format)
     config = preset.transformer
-    linears = [f"transformer_blocks.{i}.{n}" for i in range(config.num_layers)
-               for n in ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "img_mlp.proj", "img_mlp.gate_layer",
-                         "img_mlp.out")]
+    linears = [
+        f"transformer_blocks.{i}.{n}"
+        for i in range(config.num_layers)
+        for n in (
+            "attn.to_q",
+            "attn.to_k",
+            "attn.to_v",
+            "attn.to_out.0",
+            "img_mlp.proj",
+            "img_mlp.gate_layer",
+            "img_mlp.out",
+        )
+    ]
     layers = recipe.quantized_layers(linears, config.num_layers)
-    plan = QdqPlan({n: LayerQuant(smooth=None, act_scale=4.0 / 127, granularity=recipe.weights) for n in layers},
-                   args.format)
+    plan = QdqPlan(
+        {n: LayerQuant(smooth=None, act_scale=4.0 / 127, granularity=recipe.weights) for n in layers}, args.format
+    )
     record = {"format": args.format, "scales_hash": "placeholder-activation-scales", "recipe": {"name": recipe.name}}
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="qiedge-7b-q-")) / "art"
     start = time.perf_counter()
-    export_onnx(out, "fp16", preset=preset, components=["transformer_prefix", "transformer_step"], qdq=plan,
-                quantization=record)
+    export_onnx(
+        out, "fp16", preset=preset, components=["transformer_prefix", "transformer_step"], qdq=plan, quantization=record
+    )
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     size = sum(f.stat().st_size for f in (out / "transformer").iterdir()) / 1e9
-    print(table(["what", "value"], [["format", args.format], ["layers quantized", str(len(layers))],
-                                    ["wall time", f"{seconds:.0f} s"], ["peak RSS", f"{peak:.2f} GB"],
-                                    ["transformer/ size", f"{size:.2f} GB"]]))
+    print(
+        table(
+            ["what", "value"],
+            [
+                ["format", args.format],
+                ["layers quantized", str(len(layers))],
+                ["wall time", f"{seconds:.0f} s"],
+                ["peak RSS", f"{peak:.2f} GB"],
+                ["transformer/ size", f"{size:.2f} GB"],
+            ],
+        )
+    )
     if not args.keep:
         shutil.rmtree(out.parent)
 

@@ -76,16 +76,24 @@ def trace(spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, (), kwargs=inputs, dynamic_shapes=dynamic_shapes(spec, configs), dynamo=True,
-            opset_version=OPSET, optimize=False, output_names=[o.name for o in spec.outputs], verbose=False,
+            module,
+            (),
+            kwargs=inputs,
+            dynamic_shapes=dynamic_shapes(spec, configs),
+            dynamo=True,
+            opset_version=OPSET,
+            optimize=False,
+            output_names=[o.name for o in spec.outputs],
+            verbose=False,
         )
     if program is None:
         raise ExportError(f"{spec.name}: the exporter returned nothing")
     return program.model
 
 
-def bind_weights(model, spec: ComponentSpec, source, store: WeightStore, precision: torch.dtype, extras: dict,
-                 transform=None) -> int:
+def bind_weights(
+    model, spec: ComponentSpec, source, store: WeightStore, precision: torch.dtype, extras: dict, transform=None
+) -> int:
     """Stage 2: point every initializer at the external-data file; returns the bytes bound.
 
     `transform(key)` may return a function that replaces that weight (given in fp32) by another,
@@ -96,16 +104,9 @@ def bind_weights(model, spec: ComponentSpec, source, store: WeightStore, precisi
     bound = 0
     for name, value in list(model.graph.initializers.items()):
         key = name.removeprefix(spec.key_prefix)
-        if key in extras:
-            make = lambda key=key: extras[key].astype(value.dtype.numpy())
-        elif key in source:
-            replace = transform(key) if transform is not None else None
-            if replace is None:
-                make = lambda key=key: source.get(key, precision)
-            else:
-                make = lambda key=key, replace=replace: replace(source.get(key, torch.float32))
-        else:
+        if key not in extras and key not in source:
             raise ExportError(f"{spec.name}: graph weight {name} has no source (checkpoint key {key})")
+        make = _weight_maker(key, value.dtype.numpy(), source, extras, transform, precision)
         transposes = [u.node for u in value.uses()]
         transposed = bool(transposes) and len(value.shape) == 2 and all(_is_matrix_transpose(n) for n in transposes)
         if transposed:
@@ -119,10 +120,21 @@ def bind_weights(model, spec: ComponentSpec, source, store: WeightStore, precisi
             offset, length, dtype = store.add(key, False, make)
         value.shape = shape
         value.dtype = ir.DataType.from_numpy(dtype)
-        value.const_value = ir.ExternalTensor(WEIGHTS_FILE, offset, length, value.dtype, shape=shape, name=name,
-                                              base_dir=str(store.folder))
+        value.const_value = ir.ExternalTensor(
+            WEIGHTS_FILE, offset, length, value.dtype, shape=shape, name=name, base_dir=str(store.folder)
+        )
         bound += length
     return bound
+
+
+def _weight_maker(key: str, dtype, source, extras: dict, transform, precision: torch.dtype):
+    """A function of no arguments that reads (and maybe quantizes) one weight when called."""
+    if key in extras:
+        return lambda: extras[key].astype(dtype)
+    replace = transform(key) if transform is not None else None
+    if replace is None:
+        return lambda: source.get(key, precision)
+    return lambda: replace(source.get(key, torch.float32))
 
 
 def _is_matrix_transpose(node) -> bool:
@@ -163,8 +175,15 @@ def _name_dims(model, spec: ComponentSpec, configs: ModelConfigs) -> None:
             value.shape = ir.Shape(declared[value.name])
 
 
-def export_component(spec: ComponentSpec, configs: ModelConfigs, source, precision: torch.dtype,
-                     store: WeightStore, extras: dict, qdq=None) -> Path:
+def export_component(
+    spec: ComponentSpec,
+    configs: ModelConfigs,
+    source,
+    precision: torch.dtype,
+    store: WeightStore,
+    extras: dict,
+    qdq=None,
+) -> Path:
     """Trace, bind, (insert Q/DQ), optimize, save and check one graph; `qdq` is a quantization plan."""
     model = trace(spec, configs, precision)
     bind_weights(model, spec, source, store, precision, extras, transform=qdq.for_key if qdq else None)

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-import qiedge
 from qiedge.reference_model.files import sha256_file, staged_directory
 from qiedge.reference_model.model_dir import ModelDir
 from qiedge.reference_model.presets import Preset, config_dict
 from qiedge.runtime.artifacts import FORMAT_VERSION, MANIFEST
+
+import qiedge
 
 from . import onnx as onnx_export
 from .sources import CheckpointSource, RandomSource
@@ -37,8 +37,9 @@ def model_configs(model: ModelDir | None, preset: Preset | None) -> ModelConfigs
         return ModelConfigs(model.transformer, model.vae, model.encoder_config)
     from transformers import Qwen3VLConfig
 
-    encoder = Qwen3VLConfig(text_config=dict(preset.encoder.text_config),
-                            vision_config=dict(preset.encoder.vision_config)).to_dict()
+    encoder = Qwen3VLConfig(
+        text_config=dict(preset.encoder.text_config), vision_config=dict(preset.encoder.vision_config)
+    ).to_dict()
     return ModelConfigs(preset.transformer, preset.vae, encoder)
 
 
@@ -65,9 +66,17 @@ def _tool_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in TOOLS}
 
 
-def export_onnx(out: str | Path, precision: str = "fp32", model: ModelDir | None = None, preset: Preset | None = None,
-                seed: int = 0, components: list[str] | None = None,
-                on_component: Callable[[str, float], None] | None = None, qdq=None, quantization: dict | None = None) -> dict:
+def export_onnx(
+    out: str | Path,
+    precision: str = "fp32",
+    model: ModelDir | None = None,
+    preset: Preset | None = None,
+    seed: int = 0,
+    components: list[str] | None = None,
+    on_component: Callable[[str, float], None] | None = None,
+    qdq=None,
+    quantization: dict | None = None,
+) -> dict:
     """Export, check, hash; returns the manifest written to `out/manifest.json`.
 
     With a Q/DQ plan (`qiedge quantize`), the transformer graphs are quantized as it says and
@@ -88,13 +97,23 @@ def export_onnx(out: str | Path, precision: str = "fp32", model: ModelDir | None
             store = stores.setdefault(spec.folder, onnx_export.WeightStore(tmp / spec.folder))
             store.folder.mkdir(exist_ok=True)
             plan = qdq if spec.weights == "transformer" else None
-            path = onnx_export.export_component(spec, configs, _source(spec, model, configs, seed),
-                                                PRECISIONS[precision], store, spec.constants(configs), plan)
+            path = onnx_export.export_component(
+                spec,
+                configs,
+                _source(spec, model, configs, seed),
+                PRECISIONS[precision],
+                store,
+                spec.constants(configs),
+                plan,
+            )
             entries[name] = _entry(spec, configs, path.relative_to(tmp), precision)
             if plan is not None:
-                entries[name].update(precision=quantization["format"], opset=QDQ_OPSET[quantization["format"]],
-                                     quantization={k: quantization[k] for k in ("format", "scales_hash")}
-                                     | {"recipe": quantization["recipe"]["name"]})
+                entries[name].update(
+                    precision=quantization["format"],
+                    opset=QDQ_OPSET[quantization["format"]],
+                    quantization={k: quantization[k] for k in ("format", "scales_hash")}
+                    | {"recipe": quantization["recipe"]["name"]},
+                )
             if on_component:
                 on_component(name, time.perf_counter() - start)
         _write_tokenizer(tmp, model)
@@ -107,11 +126,21 @@ def export_onnx(out: str | Path, precision: str = "fp32", model: ModelDir | None
 
 def _entry(spec, configs: ModelConfigs, graph: Path, precision: str) -> dict:
     def tensors(specs):
-        return [{"name": t.name, "dtype": precision if t.dtype == "float" else t.dtype,
-                 "shape": declared_shape(t, configs)} for t in specs]
+        return [
+            {"name": t.name, "dtype": precision if t.dtype == "float" else t.dtype, "shape": declared_shape(t, configs)}
+            for t in specs
+        ]
 
-    return {"graph": graph.as_posix(), "files": {}, "inputs": tensors(spec.inputs), "outputs": tensors(spec.outputs),
-            "precision": precision, "quantization": None, "opset": onnx_export.OPSET, "parity": None}
+    return {
+        "graph": graph.as_posix(),
+        "files": {},
+        "inputs": tensors(spec.inputs),
+        "outputs": tensors(spec.outputs),
+        "precision": precision,
+        "quantization": None,
+        "opset": onnx_export.OPSET,
+        "parity": None,
+    }
 
 
 def _manifest(root: Path, entries: dict, configs: ModelConfigs, model, preset, precision: str, seed: int) -> dict:
@@ -119,8 +148,11 @@ def _manifest(root: Path, entries: dict, configs: ModelConfigs, model, preset, p
         graph = root / entry["graph"]
         files = [graph, graph.parent / onnx_export.WEIGHTS_FILE]
         entry["files"] = {f.relative_to(root).as_posix(): sha256_file(f) for f in files}
-    source = ({"model": str(model.path), "model_hash": model.fingerprint()} if model is not None else
-              {"preset": preset.name, "model_hash": f"random-weights:{preset.name}:seed{seed}"})
+    source = (
+        {"model": str(model.path), "model_hash": model.fingerprint()}
+        if model is not None
+        else {"preset": preset.name, "model_hash": f"random-weights:{preset.name}:seed{seed}"}
+    )
     t = configs.transformer
     return {
         "format_version": FORMAT_VERSION,
@@ -134,12 +166,15 @@ def _manifest(root: Path, entries: dict, configs: ModelConfigs, model, preset, p
             "axes_dims_rope": list(t.axes_dims_rope),
             "latent_channels": t.in_channels,
             "scheduler": config_dict(model.scheduler) if model is not None else config_dict(_default_scheduler()),
-            "sample_sigmas": list(model.sample_sigmas) if model is not None and model.sample_sigmas else
-            (list(preset.sample_sigmas) if preset is not None and preset.sample_sigmas else None),
+            "sample_sigmas": list(model.sample_sigmas)
+            if model is not None and model.sample_sigmas
+            else (list(preset.sample_sigmas) if preset is not None and preset.sample_sigmas else None),
             "tokenizer": TOKENIZER,
         },
         "tools": _tool_versions(),
-        "notes": ["condition_encoder is Qwen3-VL's text path only: the vision tower (editing) runs on the torch backend"],
+        "notes": [
+            "condition_encoder is Qwen3-VL's text path only: the vision tower (editing) runs on the torch backend"
+        ],
         "components": entries,
     }
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-
 from qiedge.reference_model.weights import weight_files
+from safetensors import safe_open
 
 
 class CheckpointSource:

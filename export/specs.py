@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
-
 from qiedge.reference_model.presets import TransformerConfig, VAEConfig
+from torch import nn
 
 from . import wrappers
 
@@ -51,11 +50,11 @@ class ComponentSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     wrapper: Callable[[nn.Module], nn.Module]  # graph module around the reference component
-    reference: Callable[["ModelConfigs"], nn.Module]  # a fresh reference component (no weights loaded)
+    reference: Callable[[ModelConfigs], nn.Module]  # a fresh reference component (no weights loaded)
     # Tensors the reference computes from its config (buffers, not checkpoint weights).
-    constants: Callable[["ModelConfigs"], dict[str, np.ndarray]] = lambda configs: {}
+    constants: Callable[[ModelConfigs], dict[str, np.ndarray]] = lambda configs: {}
 
-    def build(self, configs: "ModelConfigs") -> nn.Module:
+    def build(self, configs: ModelConfigs) -> nn.Module:
         return self.wrapper(self.reference(configs))
 
 
@@ -88,8 +87,10 @@ def _vl_model(configs: ModelConfigs):
 
 def _vae_constants(configs: ModelConfigs) -> dict[str, np.ndarray]:
     vae = configs.vae
-    return {name: np.asarray(values, dtype=np.float32).reshape(1, -1, 1, 1)
-            for name, values in (("latents_mean", vae.latents_mean), ("latents_std", vae.latents_std))}
+    return {
+        name: np.asarray(values, dtype=np.float32).reshape(1, -1, 1, 1)
+        for name, values in (("latents_mean", vae.latents_mean), ("latents_std", vae.latents_std))
+    }
 
 
 def _rotary_constants(configs: ModelConfigs) -> dict[str, np.ndarray]:
@@ -120,57 +121,92 @@ VELOCITY = (TensorSpec("velocity", FLOAT, ("batch", "target", "channels")),)
 
 def _rope(prefix: str, length: str) -> tuple[TensorSpec, ...]:
     """Host-computed RoPE tables for `length` positions, fp32 at every precision."""
-    return (TensorSpec(f"{prefix}rope_cos", "float32", (length, "half_head")),
-            TensorSpec(f"{prefix}rope_sin", "float32", (length, "half_head")))
+    return (
+        TensorSpec(f"{prefix}rope_cos", "float32", (length, "half_head")),
+        TensorSpec(f"{prefix}rope_sin", "float32", (length, "half_head")),
+    )
 
 
 SPECS = {
     spec.name: spec
     for spec in (
         ComponentSpec(
-            name="condition_encoder", folder="condition_encoder", file="model.onnx", weights="text_encoder",
+            name="condition_encoder",
+            folder="condition_encoder",
+            file="model.onnx",
+            weights="text_encoder",
             key_prefix="",
-            inputs=(TensorSpec("input_ids", "int64", ("batch", "tokens")),
-                    TensorSpec("attention_mask", "int64", ("batch", "tokens")),
-                    TensorSpec("position_ids", "int64", (3, "batch", "tokens"))),
+            inputs=(
+                TensorSpec("input_ids", "int64", ("batch", "tokens")),
+                TensorSpec("attention_mask", "int64", ("batch", "tokens")),
+                TensorSpec("position_ids", "int64", (3, "batch", "tokens")),
+            ),
             outputs=(TensorSpec("hidden_states", FLOAT, ("batch", "tokens", "context")),),
-            wrapper=wrappers.ConditionEncoderGraph, reference=_vl_model,
+            wrapper=wrappers.ConditionEncoderGraph,
+            reference=_vl_model,
             constants=_rotary_constants,
         ),
         ComponentSpec(
-            name="transformer_prefix", folder="transformer", file="prefix.onnx", weights="transformer",
+            name="transformer_prefix",
+            folder="transformer",
+            file="prefix.onnx",
+            weights="transformer",
             key_prefix="transformer.",
             inputs=PREFIX_INPUTS + _rope("", "prefix"),
             outputs=(TensorSpec("past_keys", FLOAT, KV), TensorSpec("past_values", FLOAT, KV)),
-            wrapper=wrappers.TransformerPrefixGraph, reference=_transformer,
+            wrapper=wrappers.TransformerPrefixGraph,
+            reference=_transformer,
         ),
         ComponentSpec(
-            name="transformer_step", folder="transformer", file="step.onnx", weights="transformer",
+            name="transformer_step",
+            folder="transformer",
+            file="step.onnx",
+            weights="transformer",
             key_prefix="transformer.",
-            inputs=STEP_INPUTS + (TensorSpec("past_keys", FLOAT, KV), TensorSpec("past_values", FLOAT, KV),
-                                  TensorSpec("key_valid", "bool", ("batch", "prefix"))) + _rope("", "target"),
+            inputs=STEP_INPUTS
+            + (
+                TensorSpec("past_keys", FLOAT, KV),
+                TensorSpec("past_values", FLOAT, KV),
+                TensorSpec("key_valid", "bool", ("batch", "prefix")),
+            )
+            + _rope("", "target"),
             outputs=VELOCITY,
-            wrapper=wrappers.TransformerStepGraph, reference=_transformer,
+            wrapper=wrappers.TransformerStepGraph,
+            reference=_transformer,
         ),
         ComponentSpec(
-            name="transformer", folder="transformer", file="model.onnx", weights="transformer",
+            name="transformer",
+            folder="transformer",
+            file="model.onnx",
+            weights="transformer",
             key_prefix="transformer.",
             inputs=STEP_INPUTS + PREFIX_INPUTS + _rope("prefix_", "prefix") + _rope("target_", "target"),
             outputs=VELOCITY,
-            wrapper=wrappers.TransformerGraph, reference=_transformer,
+            wrapper=wrappers.TransformerGraph,
+            reference=_transformer,
         ),
         ComponentSpec(
-            name="vae_encoder", folder="vae_encoder", file="model.onnx", weights="vae", key_prefix="vae.",
+            name="vae_encoder",
+            folder="vae_encoder",
+            file="model.onnx",
+            weights="vae",
+            key_prefix="vae.",
             inputs=(TensorSpec("image", FLOAT, ("batch", "image_channels", "16*latent_height", "16*latent_width")),),
             outputs=(TensorSpec("latents", FLOAT, ("batch", "channels", "latent_height", "latent_width")),),
-            wrapper=wrappers.VaeEncoderGraph, reference=_vae,
+            wrapper=wrappers.VaeEncoderGraph,
+            reference=_vae,
             constants=_vae_constants,
         ),
         ComponentSpec(
-            name="vae_decoder", folder="vae_decoder", file="model.onnx", weights="vae", key_prefix="vae.",
+            name="vae_decoder",
+            folder="vae_decoder",
+            file="model.onnx",
+            weights="vae",
+            key_prefix="vae.",
             inputs=(TensorSpec("latents", FLOAT, ("batch", "channels", "latent_height", "latent_width")),),
             outputs=(TensorSpec("image", FLOAT, ("batch", "image_channels", "16*latent_height", "16*latent_width")),),
-            wrapper=wrappers.VaeDecoderGraph, reference=_vae,
+            wrapper=wrappers.VaeDecoderGraph,
+            reference=_vae,
             constants=_vae_constants,
         ),
     )
@@ -181,8 +217,12 @@ def fixed_dims(configs: ModelConfigs) -> dict[str, int]:
     """The dims a given model fixes (not symbolic in its graphs)."""
     t = configs.transformer
     return {
-        "channels": t.in_channels, "context": t.context_in_dim, "layers": t.num_layers,
-        "heads": t.num_attention_heads, "head_dim": t.attention_head_dim, "half_head": t.attention_head_dim // 2,
+        "channels": t.in_channels,
+        "context": t.context_in_dim,
+        "layers": t.num_layers,
+        "heads": t.num_attention_heads,
+        "head_dim": t.attention_head_dim,
+        "half_head": t.attention_head_dim // 2,
         "image_channels": configs.vae.in_channels,
     }
 

@@ -7,9 +7,8 @@ state-dict keys (plus a fixed prefix), which is how weights are bound to the gra
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from qiedge.reference_model.condition_encoder import without_final_norm
+from torch import nn
 
 
 class ConditionEncoderGraph(nn.Module):
@@ -26,8 +25,9 @@ class ConditionEncoderGraph(nn.Module):
     def forward(self, input_ids, attention_mask, position_ids):
         text = self.model.language_model
         with without_final_norm(text):
-            return text(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                        use_cache=False).last_hidden_state
+            return text(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
 
 
 class TransformerPrefixGraph(nn.Module):
@@ -58,8 +58,20 @@ class TransformerGraph(nn.Module):
         super().__init__()
         self.transformer = transformer
 
-    def forward(self, latents, timestep, text, cond_latents, prefix_gather, segment_ids, key_valid,
-                prefix_rope_cos, prefix_rope_sin, target_rope_cos, target_rope_sin):
+    def forward(
+        self,
+        latents,
+        timestep,
+        text,
+        cond_latents,
+        prefix_gather,
+        segment_ids,
+        key_valid,
+        prefix_rope_cos,
+        prefix_rope_sin,
+        target_rope_cos,
+        target_rope_sin,
+    ):
         cos = torch.cat([prefix_rope_cos, target_rope_cos])
         sin = torch.cat([prefix_rope_sin, target_rope_sin])
         return self.transformer(latents, timestep, text, cond_latents, prefix_gather, segment_ids, key_valid, cos, sin)
@@ -81,4 +93,3 @@ class VaeDecoderGraph(nn.Module):
 
     def forward(self, latents):
         return self.vae.decode(latents)
-

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from qiedge.reference_model.layout import build_layout, rope_tables
 from qiedge.runtime.backends import Session
 from qiedge.runtime.evaluate import psnr
@@ -45,21 +44,25 @@ class Comparison:
     cosine: float
 
     @classmethod
-    def of(cls, actual: np.ndarray, expected: np.ndarray) -> "Comparison":
+    def of(cls, actual: np.ndarray, expected: np.ndarray) -> Comparison:
         a, e = (np.asarray(x, dtype=np.float64).ravel() for x in (actual, expected))
         if a.shape != e.shape:
             raise ValueError(f"shape {actual.shape} vs reference {expected.shape}")
         norm = np.linalg.norm(e)
-        return cls(rel_l2=float(np.linalg.norm(a - e) / norm) if norm else float(np.linalg.norm(a)),
-                   max_abs=float(np.abs(a - e).max(initial=0.0)),
-                   cosine=float(a @ e / (np.linalg.norm(a) * norm)) if norm and np.linalg.norm(a) else 1.0)
+        return cls(
+            rel_l2=float(np.linalg.norm(a - e) / norm) if norm else float(np.linalg.norm(a)),
+            max_abs=float(np.abs(a - e).max(initial=0.0)),
+            cosine=float(a @ e / (np.linalg.norm(a) * norm)) if norm and np.linalg.norm(a) else 1.0,
+        )
 
 
 def encoder_cases(tokenizer):
     for prompts in PROMPTS:
         t = tokenizer(prompts)
-        yield f"{len(prompts)}x{t.input_ids.shape[1]} tokens", {
-            "input_ids": t.input_ids, "attention_mask": t.attention_mask, "position_ids": t.position_ids}
+        yield (
+            f"{len(prompts)}x{t.input_ids.shape[1]} tokens",
+            {"input_ids": t.input_ids, "attention_mask": t.attention_mask, "position_ids": t.position_ids},
+        )
 
 
 def transformer_cases(facts, context: int, component: str, seed: int = 0):
@@ -80,22 +83,44 @@ def transformer_cases(facts, context: int, component: str, seed: int = 0):
         layout = build_layout(slots, mask, shapes)
         cos, sin = rope_tables(layout.positions, facts.axes_dims_rope)
         p = layout.prefix_len
-        prefix = {"text": text, "cond_latents": rng.standard_normal((batch, sum(a * b for a, b in conditions), channels),
-                                                                      dtype=np.float32),
-                  "prefix_gather": layout.prefix_gather, "segment_ids": layout.segment_ids,
-                  "key_valid": layout.prefix_key_valid}
-        step = {"latents": rng.standard_normal((batch, h * w, channels), dtype=np.float32),
-                "timestep": rng.uniform(0.02, 1.0, batch).astype(np.float32)}
+        prefix = {
+            "text": text,
+            "cond_latents": rng.standard_normal((batch, sum(a * b for a, b in conditions), channels), dtype=np.float32),
+            "prefix_gather": layout.prefix_gather,
+            "segment_ids": layout.segment_ids,
+            "key_valid": layout.prefix_key_valid,
+        }
+        step = {
+            "latents": rng.standard_normal((batch, h * w, channels), dtype=np.float32),
+            "timestep": rng.uniform(0.02, 1.0, batch).astype(np.float32),
+        }
         name = f"b{batch} text {text_len} cond {len(conditions)} target {h}x{w}"
         if component == "transformer_prefix":
             yield name, {**prefix, "rope_cos": cos[:p], "rope_sin": sin[:p]}
         elif component == "transformer":
-            yield name, {**step, **prefix, "prefix_rope_cos": cos[:p], "prefix_rope_sin": sin[:p],
-                         "target_rope_cos": cos[p:], "target_rope_sin": sin[p:]}
+            yield (
+                name,
+                {
+                    **step,
+                    **prefix,
+                    "prefix_rope_cos": cos[:p],
+                    "prefix_rope_sin": sin[:p],
+                    "target_rope_cos": cos[p:],
+                    "target_rope_sin": sin[p:],
+                },
+            )
         else:
             # The step consumes a real cache: the reference's own prefix K/V for this layout.
-            yield name, {**step, "prefix": {**prefix, "rope_cos": cos[:p], "rope_sin": sin[:p]},
-                         "key_valid": layout.prefix_key_valid, "rope_cos": cos[p:], "rope_sin": sin[p:]}
+            yield (
+                name,
+                {
+                    **step,
+                    "prefix": {**prefix, "rope_cos": cos[:p], "rope_sin": sin[:p]},
+                    "key_valid": layout.prefix_key_valid,
+                    "rope_cos": cos[p:],
+                    "rope_sin": sin[p:],
+                },
+            )
 
 
 def vae_cases(component: str, channels: int, image_channels: int, seed: int = 0):
@@ -108,8 +133,9 @@ def vae_cases(component: str, channels: int, image_channels: int, seed: int = 0)
             yield f"{16 * h}x{16 * w} image", {"image": image}
 
 
-def compare_component(name: str, ours: Session, reference: Session, cases, threshold: float,
-                      reference_prefix: Session | None = None) -> dict:
+def compare_component(
+    name: str, ours: Session, reference: Session, cases, threshold: float, reference_prefix: Session | None = None
+) -> dict:
     """Run every case on both sessions; report each output's figures and whether all pass."""
     results, failures = [], []
     for case, feeds in cases:
@@ -129,8 +155,14 @@ def compare_component(name: str, ours: Session, reference: Session, cases, thres
                 failures.append(f"{case} {out}: relative L2 {c.rel_l2:.2e} > {threshold:.0e}")
         results.append({"case": case, "outputs": outputs})
     worst = max(o["rel_l2"] for r in results for o in r["outputs"].values())
-    return {"component": name, "threshold_rel_l2": threshold, "worst_rel_l2": worst, "cases": results,
-            "failures": failures, "passed": not failures}
+    return {
+        "component": name,
+        "threshold_rel_l2": threshold,
+        "worst_rel_l2": worst,
+        "cases": results,
+        "failures": failures,
+        "passed": not failures,
+    }
 
 
 def cached_step_velocities(backend, cases) -> list[np.ndarray]:
@@ -142,7 +174,6 @@ def cached_step_velocities(backend, cases) -> list[np.ndarray]:
 
 def end_to_end_requests():
     from PIL import Image
-
     from qiedge.runtime.sampler import Request
 
     pixels = np.random.default_rng(0).integers(0, 256, (48, 80, 4), dtype=np.uint8)
@@ -150,8 +181,9 @@ def end_to_end_requests():
         "t2i 64x64 b1": Request(["a red circle on the left"], width=64, height=64, seed=1),
         "t2i 96x64 b2 padded": Request(["a red circle on the left", "hi"], width=96, height=64, seed=2),
         "t2i cfg": Request(["a star"], width=64, height=32, seed=3, cfg=3.0, negative_prompt=" "),
-        "edit": Request(["make it blue"], width=64, height=64, seed=4, images=[Image.fromarray(pixels, "RGBA")],
-                        resolution=64),
+        "edit": Request(
+            ["make it blue"], width=64, height=64, seed=4, images=[Image.fromarray(pixels, "RGBA")], resolution=64
+        ),
     }
 
 
@@ -195,8 +227,12 @@ def run_parity(artifacts_path, model_path, end_to_end: bool = True) -> dict:
         prefix = reference.load("transformer_prefix") if name == "transformer_step" else None
         threshold = COMPONENT_REL_L2[artifacts.component(name)["precision"]]
         components[name] = compare_component(name, ours.load(name), reference.load(name), cases, threshold, prefix)
-    report = {"artifacts": str(artifacts.path), "model": str(model.path), "precision": precision,
-              "components": components}
+    report = {
+        "artifacts": str(artifacts.path),
+        "model": str(model.path),
+        "precision": precision,
+        "components": components,
+    }
     if end_to_end:
         report["end_to_end"] = compare_end_to_end(artifacts.path, model.path, IMAGE_PSNR[precision])
     failures = [f for c in components.values() for f in c["failures"]]

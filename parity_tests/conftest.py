@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from qiedge.reference_model import presets
 from qiedge.reference_model.model_dir import ModelDir, init_model_dir
 

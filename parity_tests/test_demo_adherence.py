@@ -7,7 +7,6 @@ and the exported paths to the torch path's figures, attribute by attribute."""
 from __future__ import annotations
 
 import pytest
-
 from qiedge.reference_model.model_dir import ModelDir, demo_model_dir
 from qiedge.runtime.evaluate import evaluate, prompt_set
 from qiedge.runtime.runner import open_runtime

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from qiedge.runtime.evaluate import psnr
 from qiedge.runtime.hardware import detect
 from qiedge.runtime.runner import open_runtime
@@ -29,8 +28,10 @@ def test_compiled_fp32_keeps_the_image(tiny_dir, expected):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(detect().bf16_unit is None,
-                    reason="bf16 is emulated on this CPU: auto never picks torch-bf16 here, and compiling it takes "
-                           "minutes (190 s measured on an AVX-512 Xeon without AMX or AVX512-BF16)")
+@pytest.mark.skipif(
+    detect().bf16_unit is None,
+    reason="bf16 is emulated on this CPU: auto never picks torch-bf16 here, and compiling it takes "
+    "minutes (190 s measured on an AVX-512 Xeon without AMX or AVX512-BF16)",
+)
 def test_compiled_bf16_keeps_the_image(tiny_dir, expected):
     assert _psnr(tiny_dir, "torch-bf16", expected) >= 35

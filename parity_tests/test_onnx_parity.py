@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from qiedge.parity_tests.checks import Comparison, run_parity, transformer_cases
 from qiedge.reference_model.model_dir import ModelDir
 from qiedge.runtime.artifacts import ArtifactError, Artifacts
@@ -20,8 +19,14 @@ pytestmark = pytest.mark.slow
 def test_fp32_every_component_and_whole_images(onnx_fp32, tiny_dir):
     report = run_parity(onnx_fp32, tiny_dir)
     assert report["passed"], report["failures"]
-    assert set(report["components"]) == {"condition_encoder", "transformer_prefix", "transformer_step",
-                                         "transformer", "vae_encoder", "vae_decoder"}
+    assert set(report["components"]) == {
+        "condition_encoder",
+        "transformer_prefix",
+        "transformer_step",
+        "transformer",
+        "vae_encoder",
+        "vae_decoder",
+    }
     for result in report["components"].values():
         assert result["worst_rel_l2"] <= 1e-5
     for case in report["end_to_end"]["cases"]:
@@ -42,8 +47,10 @@ def test_prefix_and_step_graphs_equal_the_one_shot_graph(onnx_fp32, tiny_dir):
     prefix, step, one_shot = (backend.load(n) for n in ("transformer_prefix", "transformer_step", "transformer"))
     artifacts = Artifacts.open(onnx_fp32)
     context = ModelDir.open(tiny_dir).transformer.context_in_dim
-    for (_, whole), (_, feeds) in zip(transformer_cases(artifacts.facts, context, "transformer"),
-                                      transformer_cases(artifacts.facts, context, "transformer_step")):
+    for (_, whole), (_, feeds) in zip(
+        transformer_cases(artifacts.facts, context, "transformer"),
+        transformer_cases(artifacts.facts, context, "transformer_step"),
+    ):
         cache = prefix.run(feeds.pop("prefix"))
         cached = step.run({**feeds, **cache})["velocity"]
         assert Comparison.of(cached, one_shot.run(whole)["velocity"]).rel_l2 <= 1e-5
@@ -57,7 +64,12 @@ def test_graphs_declare_symbolic_dims(onnx_fp32):
     assert dims["latents"] == ["batch", "target", 64]
     assert dims["past_keys"] == [2, "batch", 2, "prefix", 32]
     manifest = Artifacts.open(onnx_fp32).manifest
-    assert manifest["components"]["vae_decoder"]["outputs"][0]["shape"] == ["batch", 4, "16*latent_height", "16*latent_width"]
+    assert manifest["components"]["vae_decoder"]["outputs"][0]["shape"] == [
+        "batch",
+        4,
+        "16*latent_height",
+        "16*latent_width",
+    ]
     assert manifest["components"]["transformer"]["opset"] == 18
 
 
@@ -93,15 +105,16 @@ def test_generate_from_artifacts_never_imports_torch(onnx_fp32, tmp_path):
 
 
 def test_tokenizer_matches_transformers_processor(onnx_fp32, model):
+    from PIL import Image
     from qiedge.reference_model.prompt import chat_prompt
     from qiedge.runtime.tokenizer import PromptTokenizer
-
-    from PIL import Image
 
     ours = PromptTokenizer(Artifacts.open(onnx_fp32).facts.tokenizer_json)
     processor = model.load_condition_encoder().processor
     prompts = ["a red circle on the left", "", "日本語 and emoji 🎨"]
-    expected = processor(text=[chat_prompt(p, 0) for p in prompts], padding=True, padding_side="left", return_tensors="np")
+    expected = processor(
+        text=[chat_prompt(p, 0) for p in prompts], padding=True, padding_side="left", return_tensors="np"
+    )
     tokens = ours(prompts)
     np.testing.assert_array_equal(tokens.input_ids, expected["input_ids"])
     np.testing.assert_array_equal(tokens.attention_mask, expected["attention_mask"])

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from qiedge.runtime.runner import open_runtime
 from qiedge.runtime.sampler import Request, generate, to_uint8
 
@@ -19,8 +18,13 @@ def runtime(tiny_dir):
 
 
 def _diffusers(pipe, request: Request):
-    kwargs = dict(width=request.width, height=request.height, output_type="np",
-                  generator=torch.Generator().manual_seed(request.seed), output_resolution=request.resolution)
+    kwargs = dict(
+        width=request.width,
+        height=request.height,
+        output_type="np",
+        generator=torch.Generator().manual_seed(request.seed),
+        output_resolution=request.resolution,
+    )
     if request.steps is not None:
         kwargs["sigmas"] = list(np.linspace(1.0, 1 / request.steps, request.steps))
     if request.guided:
@@ -40,8 +44,9 @@ REQUESTS = {
     "t2i_nonsquare_b2_padded": Request(["a red circle on the left", "hi"], width=96, height=64, seed=2),
     "t2i_cfg_40_step_grid": Request(["a star"], width=64, height=32, seed=3, steps=6, cfg=4.0, negative_prompt=" "),
     "edit_b1": Request(["make it blue"], width=64, height=96, seed=4, images=[_condition_image(80, 50)], resolution=96),
-    "edit_b2_padded": Request(["make it blue", "x"], width=64, height=64, seed=5,
-                              images=[_condition_image(40, 40)], resolution=64),
+    "edit_b2_padded": Request(
+        ["make it blue", "x"], width=64, height=64, seed=5, images=[_condition_image(40, 40)], resolution=64
+    ),
 }
 
 
@@ -70,7 +75,6 @@ def test_condition_encoder_matches_diffusers(model, diffusers_pipe):
 
 def test_seven_b_parameter_count_matches_diffusers():
     from diffusers import QwenImage21Transformer2DModel
-
     from qiedge.reference_model import presets
     from qiedge.reference_model.inspect import describe_preset
 

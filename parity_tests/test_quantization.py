@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from qiedge.parity_tests.checks import Comparison, cached_step_velocities, transformer_cases
 from qiedge.quantization.accuracy import torch_sessions
 from qiedge.quantization.calibrate import calibrate
@@ -55,13 +54,21 @@ def quantized(tiny_dir, model, tmp_path_factory):
 
 def _quantize_every_block(fmt, tiny_dir, model, out) -> Quantized:
     recipe = small_calibration(Recipe.load(fmt))
-    recipe = replace(recipe, keep_high_precision=("img_in", "txt_in.*", "time_text_embed.*", "modulation.*",
-                                                  "norm_out.*", "proj_out"))  # every block quantized
+    recipe = replace(
+        recipe,
+        keep_high_precision=("img_in", "txt_in.*", "time_text_embed.*", "modulation.*", "norm_out.*", "proj_out"),
+    )  # every block quantized
     # The accuracy judge is not what these tests check: four prompts keep it quick.
     prompts = out / "eval_prompts.txt"
     prompts.write_text("\n".join(prompt_set("held-out", 4)))
-    record = quantize(tiny_dir, recipe, out / "artifacts", eval_prompts=str(prompts),
-                      components=["transformer_prefix", "transformer_step"], log=lambda m: None)
+    record = quantize(
+        tiny_dir,
+        recipe,
+        out / "artifacts",
+        eval_prompts=str(prompts),
+        components=["transformer_prefix", "transformer_step"],
+        log=lambda m: None,
+    )
     out = out / "artifacts"
     calibration = None if fmt == "int4" else calibrate(tiny_dir, recipe)
     fake = quantize_transformer(model.load_transformer(), recipe, calibration, record["layers_quantized"])
@@ -118,13 +125,16 @@ saturates = ort_int8.saturates()
 remedied = cached_step_velocities(backend, cases)
 ort_int8.session_config = lambda precision: {}
 plain = cached_step_velocities(backend, cases)
-np.savez(sys.argv[3], **{f"remedied.{i}": v for i, v in enumerate(remedied)}, **{f"plain.{i}": v for i, v in enumerate(plain)})
+outputs = {f"{kind}.{i}": v for kind, vs in (("remedied", remedied), ("plain", plain)) for i, v in enumerate(vs)}
+np.savez(sys.argv[3], **outputs)
 print(json.dumps({"saturates": saturates}))
 """
 
 
-@pytest.mark.skipif(shutil.which("qemu-x86_64") is None or platform.machine() != "x86_64",
-                    reason="needs an x86-64 host with qemu-x86_64 (Debian's qemu-user) to emulate a CPU without VNNI")
+@pytest.mark.skipif(
+    shutil.which("qemu-x86_64") is None or platform.machine() != "x86_64",
+    reason="needs an x86-64 host with qemu-x86_64 (Debian's qemu-user) to emulate a CPU without VNNI",
+)
 def test_int8_graph_is_exact_on_a_cpu_without_vnni(quantized, tmp_path):
     """ONNX Runtime on an emulated Haswell (AVX2, no VNNI): its u8s8 kernels saturate there, and
     the backend's sessions avoid them, so the graph still computes what the fake-quant model does."""
@@ -134,8 +144,21 @@ def test_int8_graph_is_exact_on_a_cpu_without_vnni(quantized, tmp_path):
         feeds.update({f"{i}.prefix.{k}": v for k, v in prefix.items()})
         feeds.update({f"{i}.step.{k}": v for k, v in step.items()})
     np.savez(tmp_path / "cases.npz", **feeds)
-    result = subprocess.run(["qemu-x86_64", "-cpu", "Haswell", sys.executable, "-c", EMULATED, str(q.out),
-                             str(tmp_path / "cases.npz"), str(tmp_path / "out.npz")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            "qemu-x86_64",
+            "-cpu",
+            "Haswell",
+            sys.executable,
+            "-c",
+            EMULATED,
+            str(q.out),
+            str(tmp_path / "cases.npz"),
+            str(tmp_path / "out.npz"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.splitlines()[-1]) == {"saturates": True}
     outputs = np.load(tmp_path / "out.npz")
@@ -150,8 +173,13 @@ def test_int8_graph_is_exact_on_a_cpu_without_vnni(quantized, tmp_path):
 def test_demo_checkpoint_keeps_the_image(fmt, tmp_path):
     from qiedge.reference_model.model_dir import demo_model_dir
 
-    record = quantize(demo_model_dir(), small_calibration(Recipe.load(fmt)), tmp_path / fmt,
-                      components=["transformer_step"], log=lambda m: None)
+    record = quantize(
+        demo_model_dir(),
+        small_calibration(Recipe.load(fmt)),
+        tmp_path / fmt,
+        components=["transformer_step"],
+        log=lambda m: None,
+    )
     accuracy = record["accuracy"]
     assert min(s["cosine_min"] for s in accuracy["per_step"]) >= 0.99
     assert accuracy["psnr_db"] >= 30

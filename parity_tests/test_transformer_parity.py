@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from qiedge.reference_model.layout import build_layout, rope_tables
 
 from .conftest import FP32_REL_L2, rel_l2
@@ -44,11 +43,15 @@ def _reference(diffusers_pipe, text, mask, slots, cond, latents, timestep, shape
     batch = text.shape[0]
     img_mask = torch.cat([torch.from_numpy(slots), torch.ones(latents.shape[1] // 4, dtype=torch.bool)])
     out = diffusers_pipe.transformer(
-        hidden_states=torch.cat([cond, latents], dim=1), encoder_hidden_states=text, timestep=timestep,
-        img_shapes=[shapes] * batch, img_mask=img_mask[None].repeat(batch, 1),
-        encoder_hidden_states_mask=None if mask.all() else mask, return_dict=False,
+        hidden_states=torch.cat([cond, latents], dim=1),
+        encoder_hidden_states=text,
+        timestep=timestep,
+        img_shapes=[shapes] * batch,
+        img_mask=img_mask[None].repeat(batch, 1),
+        encoder_hidden_states_mask=None if mask.all() else mask,
+        return_dict=False,
     )[0]
-    return out[:, -latents.shape[1]:]
+    return out[:, -latents.shape[1] :]
 
 
 @pytest.mark.parametrize("case", CASES)

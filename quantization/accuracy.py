@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from qiedge.export.specs import SPECS
 from qiedge.parity_tests.checks import Comparison
 from qiedge.runtime.adherence import adherence
@@ -19,8 +18,10 @@ from qiedge.runtime.sampler import Request, Sessions, generate, to_uint8
 
 def torch_sessions(transformer) -> tuple[TorchSession, TorchSession]:
     """prefix and step sessions over a (possibly fake-quantized) reference transformer."""
-    return tuple(TorchSession(SPECS[n].wrapper(transformer).eval(), SPECS[n], autocast=False)
-                 for n in ("transformer_prefix", "transformer_step"))
+    return tuple(
+        TorchSession(SPECS[n].wrapper(transformer).eval(), SPECS[n], autocast=False)
+        for n in ("transformer_prefix", "transformer_step")
+    )
 
 
 class PairedPrefix:
@@ -57,9 +58,13 @@ class Evaluation:
     requests: list[Request]
 
     @classmethod
-    def on(cls, prompts: list[str], size: int, seed: int = 0, batch: int = 4) -> "Evaluation":
-        return cls([Request(prompts[i : i + batch], width=size, height=size, seed=seed + i)
-                    for i in range(0, len(prompts), batch)])
+    def on(cls, prompts: list[str], size: int, seed: int = 0, batch: int = 4) -> Evaluation:
+        return cls(
+            [
+                Request(prompts[i : i + batch], width=size, height=size, seed=seed + i)
+                for i in range(0, len(prompts), batch)
+            ]
+        )
 
     @property
     def prompts(self) -> list[str]:
@@ -95,14 +100,24 @@ class Judge:
             generate(request, self.runtime.facts, sessions)
         steps = len(paired.steps) // len(self.evaluation.requests)
         by_step = np.array(paired.steps).reshape(len(self.evaluation.requests), steps, 2)
-        return [{"step": i + 1, "cosine_min": float(by_step[:, i, 0].min()), "cosine_mean": float(by_step[:, i, 0].mean()),
-                 "rel_error_mean": float(by_step[:, i, 1].mean())} for i in range(steps)]
+        return [
+            {
+                "step": i + 1,
+                "cosine_min": float(by_step[:, i, 0].min()),
+                "cosine_mean": float(by_step[:, i, 0].mean()),
+                "rel_error_mean": float(by_step[:, i, 1].mean()),
+            }
+            for i in range(steps)
+        ]
 
     def image_figures(self, images: np.ndarray) -> dict:
         prompts = self.evaluation.prompts
-        return {"psnr_db": psnr(images, self.fp32_images), "ssim": ssim(images, self.fp32_images),
-                "adherence": _adherence_or_none(images, prompts),
-                "fp32_adherence": self.fp32_adherence}
+        return {
+            "psnr_db": psnr(images, self.fp32_images),
+            "ssim": ssim(images, self.fp32_images),
+            "adherence": _adherence_or_none(images, prompts),
+            "fp32_adherence": self.fp32_adherence,
+        }
 
     def final_velocity_error(self, transformer, request: Request) -> float:
         """Relative error of the last step's velocity along the fp32 trajectory."""

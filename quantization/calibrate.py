@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
-
 from qiedge.runtime.runner import open_runtime
 from qiedge.runtime.sampler import Request, generate
+from torch import nn
 
 from .recipe import Recipe
 
@@ -57,6 +56,7 @@ def _hook(stats: LayerStats, rng: np.random.Generator):
         flat = x.reshape(-1)
         picks = torch.from_numpy(rng.integers(0, flat.numel(), SAMPLES_PER_CALL))
         stats.samples.append(flat[picks].numpy())
+
     return record
 
 
@@ -65,7 +65,9 @@ def calibrate(model_path, recipe: Recipe, on_request=None) -> Calibration:
     runtime = open_runtime(model=model_path, backend="torch")
     transformer = runtime.backend.reference("transformer")
     rng = np.random.default_rng(recipe.calibration_set.seed)
-    layers = {name: LayerStats(np.zeros(m.in_features, dtype=np.float32)) for name, m in linear_layers(transformer).items()}
+    layers = {
+        name: LayerStats(np.zeros(m.in_features, dtype=np.float32)) for name, m in linear_layers(transformer).items()
+    }
     handles = [m.register_forward_pre_hook(_hook(layers[n], rng)) for n, m in linear_layers(transformer).items()]
     try:
         for request in calibration_requests(recipe):
@@ -76,8 +78,17 @@ def calibrate(model_path, recipe: Recipe, on_request=None) -> Calibration:
         for h in handles:
             h.remove()
     c = recipe.calibration_set
-    return Calibration(layers, {"prompts": len(c.prompt_list()), "seed": c.seed, "size": c.size,
-                                "trajectories": list(c.trajectories), "cfg": c.cfg, "cfg_prompts": c.cfg_prompts})
+    return Calibration(
+        layers,
+        {
+            "prompts": len(c.prompt_list()),
+            "seed": c.seed,
+            "size": c.size,
+            "trajectories": list(c.trajectories),
+            "cfg": c.cfg,
+            "cfg_prompts": c.cfg_prompts,
+        },
+    )
 
 
 def calibration_requests(recipe: Recipe) -> list[Request]:
@@ -85,9 +96,12 @@ def calibration_requests(recipe: Recipe) -> list[Request]:
     prompts = c.prompt_list()
     requests = []
     if "distilled" in c.trajectories:
-        requests += [Request(prompts[i : i + 4], width=c.size, height=c.size, seed=c.seed + i)
-                     for i in range(0, len(prompts), 4)]
+        requests += [
+            Request(prompts[i : i + 4], width=c.size, height=c.size, seed=c.seed + i) for i in range(0, len(prompts), 4)
+        ]
     if "cfg-40" in c.trajectories:
-        requests += [Request([p], width=c.size, height=c.size, seed=c.seed + 1000 + i, steps=40, cfg=c.cfg,
-                             negative_prompt=" ") for i, p in enumerate(prompts[: c.cfg_prompts])]
+        requests += [
+            Request([p], width=c.size, height=c.size, seed=c.seed + 1000 + i, steps=40, cfg=c.cfg, negative_prompt=" ")
+            for i, p in enumerate(prompts[: c.cfg_prompts])
+        ]
     return requests

@@ -30,8 +30,9 @@ class QuantLinear(nn.Module):
         return F.linear(x, self.weight)
 
 
-def quantize_transformer(transformer: nn.Module, recipe: Recipe, calibration: Calibration,
-                         layers: list[str]) -> nn.Module:
+def quantize_transformer(
+    transformer: nn.Module, recipe: Recipe, calibration: Calibration, layers: list[str]
+) -> nn.Module:
     """A copy of the transformer with `layers` (Linear module names) fake-quantized."""
     model = copy.deepcopy(transformer)
     for name in layers:

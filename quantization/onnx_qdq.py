@@ -12,9 +12,10 @@ tensor right there, so the 7B graph never needs the model in memory.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
-
 from qiedge.export.run import QDQ_OPSET
 
 from .scales import LayerQuant
@@ -43,8 +44,9 @@ class QdqPlan:
         quant = self.quants.get(key)
         if quant is None:
             return None
-        return lambda array: _numpy(quant.weight(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), self.fmt),
-                                    self.fmt)
+        return lambda array: _numpy(
+            quant.weight(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), self.fmt), self.fmt
+        )
 
 
 def _zero_point(fmt: str):
@@ -53,6 +55,15 @@ def _zero_point(fmt: str):
     import ml_dtypes
 
     return np.array(0, dtype=ml_dtypes.float8_e4m3fn)
+
+
+def _constant(graph, name: str, suffix: str, value: np.ndarray):
+    """A new initializer `name.suffix` in the graph."""
+    import onnx_ir as ir
+
+    v = ir.Value(name=f"{name}.{suffix}", const_value=ir.tensor(value, name=f"{name}.{suffix}"))
+    graph.register_initializer(v)
+    return v
 
 
 def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) -> int:
@@ -72,16 +83,15 @@ def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) ->
         if len(uses) != 1 or uses[0].node.op_type != "MatMul" or uses[0].idx != 1:
             raise ValueError(f"{name}: expected to feed one MatMul's weight input")
         matmul = uses[0].node
-
-        def const(suffix, value):
-            v = ir.Value(name=f"{name}.{suffix}", const_value=ir.tensor(value, name=f"{name}.{suffix}"))
-            graph.register_initializer(v)
-            return v
+        const = functools.partial(_constant, graph, name)
 
         if quant.group:
             # Weight-only INT4: blocks of G input channels (axis 0 of the stored [in, out]) share a scale.
-            w_dq = ir.node("DequantizeLinear", [weight, const("w_scale", quant.weight_scale.T.astype(float_dtype).copy())],
-                           attributes={"axis": 0, "block_size": quant.group})
+            w_dq = ir.node(
+                "DequantizeLinear",
+                [weight, const("w_scale", quant.weight_scale.T.astype(float_dtype).copy())],
+                attributes={"axis": 0, "block_size": quant.group},
+            )
             graph.insert_before(matmul, [w_dq])
             matmul.replace_input_with(1, w_dq.outputs[0])
             count += 1
@@ -89,9 +99,15 @@ def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) ->
         zp = _zero_point(plan.fmt)
         axis = 1 if quant.granularity == "per-channel" else None
         w_scale = quant.weight_scale.astype(float_dtype)
-        w_dq = ir.node("DequantizeLinear", [weight, const("w_scale", w_scale if axis else w_scale[0]),
-                                            const("w_zero_point", np.zeros(quant.weight_scale.size, zp.dtype) if axis else zp)],
-                       attributes={"axis": 1} if axis else {})
+        w_dq = ir.node(
+            "DequantizeLinear",
+            [
+                weight,
+                const("w_scale", w_scale if axis else w_scale[0]),
+                const("w_zero_point", np.zeros(quant.weight_scale.size, zp.dtype) if axis else zp),
+            ],
+            attributes={"axis": 1} if axis else {},
+        )
         nodes = [w_dq]
         x = matmul.inputs[0]
         if quant.smooth is not None:

@@ -10,8 +10,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RECIPES = {"int8": HERE / "recipes" / "int8_smoothquant.json", "fp8": HERE / "recipes" / "fp8_e4m3.json",
-           "int4": HERE / "recipes" / "int4_weight_only.json"}
+RECIPES = {
+    "int8": HERE / "recipes" / "int8_smoothquant.json",
+    "fp8": HERE / "recipes" / "fp8_e4m3.json",
+    "int4": HERE / "recipes" / "int4_weight_only.json",
+}
 FORMATS = ("int8", "fp8", "int4")
 QMAX = {"int8": 127.0, "fp8": 448.0, "int4": 7.0}  # symmetric int8/int4; float8 e4m3fn's largest finite value
 
@@ -60,7 +63,7 @@ class Recipe:
             raise ValueError(f"calibration must be max or percentile:P, got {self.calibration!r}")
 
     @classmethod
-    def load(cls, path_or_format: str) -> "Recipe":
+    def load(cls, path_or_format: str) -> Recipe:
         path = RECIPES.get(path_or_format, Path(path_or_format))
         if not path.is_file():
             raise ValueError(f"no recipe {path_or_format!r}: give int8, fp8 or a recipe JSON file")
@@ -82,5 +85,5 @@ class Recipe:
         patterns = [p.replace("{last}", str(num_blocks - 1)) for p in self.keep_high_precision]
         return [name for name in layers if not any(fnmatch.fnmatchcase(name, p) for p in patterns)]
 
-    def keeping(self, extra: list[str]) -> "Recipe":
+    def keeping(self, extra: list[str]) -> Recipe:
         return replace(self, keep_high_precision=self.keep_high_precision + tuple(extra))

@@ -34,19 +34,28 @@ def write_report(folder: Path, record: dict, ranking: dict | None, judge, images
     rows = "".join(
         f"<tr><td>{html.escape(p)}</td><td><img src='{_png(f)}'></td><td><img src='{_png(q)}'></td>"
         f"<td><img src='{_png(heatmap(f, q))}'></td></tr>"
-        for p, f, q in zip(judge.evaluation.prompts, judge.fp32_images, images))
-    steps = "".join(f"<tr><td>{s['step']}</td><td>{s['cosine_min']:.5f}</td><td>{s['rel_error_mean']:.4f}</td></tr>"
-                    for s in a["per_step"])
+        for p, f, q in zip(judge.evaluation.prompts, judge.fp32_images, images)
+    )
+    steps = "".join(
+        f"<tr><td>{s['step']}</td><td>{s['cosine_min']:.5f}</td><td>{s['rel_error_mean']:.4f}</td></tr>"
+        for s in a["per_step"]
+    )
     layers = "".join(f"<tr><td>{html.escape(n)}</td><td>{e:.4f}</td></tr>" for n, e in (ranking or {}).items())
-    adherence = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"
-    (folder / "report.html").write_text(f"""<!doctype html><meta charset="utf-8"><title>qiedge {record['format']} report</title>
+
+    def adherence(v):
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    (
+        folder / "report.html"
+    ).write_text(f"""<!doctype html><meta charset="utf-8"><title>qiedge {record["format"]} report</title>
 <style>body{{font-family:sans-serif}} img{{width:128px;image-rendering:pixelated}} td{{padding:2px 8px}}</style>
-<h1>{html.escape(record['recipe']['name'])}: {record['format']}</h1>
-<p>PSNR {a['psnr_db']:.2f} dB, SSIM {a['ssim']:.4f} against fp32; adherence {adherence(a['adherence'])}
-(fp32 {adherence(a['fp32_adherence'])}); {len(record['layers_quantized'])} layers quantized,
-{len(record['layers_high_precision'])} kept in high precision. Measured on {html.escape(a['measured_on']['cpu'])},
-by {html.escape(a['measured_on']['by'])}.</p>
-<h2>Per-step velocity along the fp32 trajectory</h2><table><tr><th>step</th><th>cosine (min)</th><th>relative error (mean)</th></tr>{steps}</table>
-<h2>Images: fp32, {record['format']}, difference</h2><table>{rows}</table>
+<h1>{html.escape(record["recipe"]["name"])}: {record["format"]}</h1>
+<p>PSNR {a["psnr_db"]:.2f} dB, SSIM {a["ssim"]:.4f} against fp32; adherence {adherence(a["adherence"])}
+(fp32 {adherence(a["fp32_adherence"])}); {len(record["layers_quantized"])} layers quantized,
+{len(record["layers_high_precision"])} kept in high precision. Measured on {html.escape(a["measured_on"]["cpu"])},
+by {html.escape(a["measured_on"]["by"])}.</p>
+<h2>Per-step velocity along the fp32 trajectory</h2>
+<table><tr><th>step</th><th>cosine (min)</th><th>relative error (mean)</th></tr>{steps}</table>
+<h2>Images: fp32, {record["format"]}, difference</h2><table>{rows}</table>
 <h2>Per-layer sensitivity (final-velocity relative error, one layer quantized)</h2><table>{layers}</table>
 """)

@@ -25,8 +25,11 @@ EVAL_SIZE = 256
 # How the runtime keeps int8 graphs exact on every CPU (runtime/ort_int8.py), recorded with them.
 ONNXRUNTIME_INT8 = {
     "graph": "symmetric s8 x s8 Q/DQ, 8-bit weights (as TensorRT reads it)",
-    "where_u8s8_kernels_saturate": {"cpus": "x86 without VNNI, found by a probe graph at load",
-                                    "session_config": EXACT_KERNELS, "kernels": "u8 x u8, 32-bit sums: exact"},
+    "where_u8s8_kernels_saturate": {
+        "cpus": "x86 without VNNI, found by a probe graph at load",
+        "session_config": EXACT_KERNELS,
+        "kernels": "u8 x u8, 32-bit sums: exact",
+    },
 }
 
 
@@ -45,13 +48,16 @@ def scales_digest(quants: dict, fmt: str, weights: dict) -> str:
 def sensitivity(judge: Judge, recipe: Recipe, calibration, layers: list[str]) -> dict[str, float]:
     """Final-velocity relative error with each layer alone quantized (largest first)."""
     request = judge.evaluation.requests[0]
-    errors = {name: judge.final_velocity_error(quantize_transformer(judge.reference, recipe, calibration, [name]), request)
-              for name in layers}
+    errors = {
+        name: judge.final_velocity_error(quantize_transformer(judge.reference, recipe, calibration, [name]), request)
+        for name in layers
+    }
     return dict(sorted(errors.items(), key=lambda kv: -kv[1]))
 
 
-def choose_layers(judge: Judge, recipe: Recipe, calibration, layers: list[str], ranking: dict[str, float],
-                  target_psnr: float) -> list[str]:
+def choose_layers(
+    judge: Judge, recipe: Recipe, calibration, layers: list[str], ranking: dict[str, float], target_psnr: float
+) -> list[str]:
     """Keep the most sensitive layers in high precision, fewest first, until the image PSNR
     against fp32 reaches the target."""
     chosen = list(layers)
@@ -64,14 +70,24 @@ def choose_layers(judge: Judge, recipe: Recipe, calibration, layers: list[str], 
     return chosen
 
 
-def quantize(model_path, recipe: Recipe, out, report_dir=None, target_psnr: float | None = None,
-             eval_prompts: str = "held-out", components: list[str] | None = None, log=print) -> dict:
+def quantize(
+    model_path,
+    recipe: Recipe,
+    out,
+    report_dir=None,
+    target_psnr: float | None = None,
+    eval_prompts: str = "held-out",
+    components: list[str] | None = None,
+    log=print,
+) -> dict:
     from qiedge.export.run import export_onnx
 
     model = ModelDir.open(model_path)
     if recipe.activations != "none":
-        log(f"calibrating on {len(recipe.calibration_set.prompt_list())} prompts "
-            f"({', '.join(recipe.calibration_set.trajectories)})")
+        log(
+            f"calibrating on {len(recipe.calibration_set.prompt_list())} prompts "
+            f"({', '.join(recipe.calibration_set.trajectories)})"
+        )
     calibration = calibrate(model.path, recipe) if recipe.activations != "none" else None
     judge = Judge(model.path, Evaluation.on(prompt_set(eval_prompts, EVAL_PROMPTS), EVAL_SIZE))
     all_layers = list(linear_layers(judge.reference))
@@ -82,26 +98,37 @@ def quantize(model_path, recipe: Recipe, out, report_dir=None, target_psnr: floa
         ranking = sensitivity(judge, recipe, calibration, layers)
     if target_psnr is not None:
         layers = choose_layers(judge, recipe, calibration, layers, ranking, target_psnr)
-        recipe = recipe.keeping(sorted(set(recipe.quantized_layers(all_layers, model.transformer.num_layers)) - set(layers)))
+        recipe = recipe.keeping(
+            sorted(set(recipe.quantized_layers(all_layers, model.transformer.num_layers)) - set(layers))
+        )
     quantized = quantize_transformer(judge.reference, recipe, calibration, layers)
     images = judge.images(quantized)
-    accuracy = {"per_step": judge.per_step(quantized), **judge.image_figures(images),
-                "evaluation": {"prompts": eval_prompts, "count": EVAL_PROMPTS, "size": EVAL_SIZE},
-                "measured_on": {"cpu": detect().summary(), "by": "the fake-quant torch model (the graph's arithmetic)"}}
+    accuracy = {
+        "per_step": judge.per_step(quantized),
+        **judge.image_figures(images),
+        "evaluation": {"prompts": eval_prompts, "count": EVAL_PROMPTS, "size": EVAL_SIZE},
+        "measured_on": {"cpu": detect().summary(), "by": "the fake-quant torch model (the graph's arithmetic)"},
+    }
     weights = dict(judge.reference.named_parameters())
     quants = {n: layer_quant(n, weights[f"{n}.weight"], calibration, recipe) for n in layers}
-    record = {"recipe": json.loads(recipe.to_json()), "format": recipe.format, "layers_quantized": layers,
-              "layers_high_precision": [n for n in all_layers if n not in layers],
-              "calibration": calibration.settings if calibration else None,
-              "calibration_hash": calibration.digest() if calibration else None,
-              "scales_hash": scales_digest(quants, recipe.format, weights), "accuracy": accuracy,
-              **({"onnxruntime_int8": ONNXRUNTIME_INT8} if recipe.format == "int8" else {})}
+    record = {
+        "recipe": json.loads(recipe.to_json()),
+        "format": recipe.format,
+        "layers_quantized": layers,
+        "layers_high_precision": [n for n in all_layers if n not in layers],
+        "calibration": calibration.settings if calibration else None,
+        "calibration_hash": calibration.digest() if calibration else None,
+        "scales_hash": scales_digest(quants, recipe.format, weights),
+        "accuracy": accuracy,
+        **({"onnxruntime_int8": ONNXRUNTIME_INT8} if recipe.format == "int8" else {}),
+    }
     log("exporting Q/DQ graphs")
-    export_onnx(out, "fp32", model=model, components=components, qdq=QdqPlan(quants, recipe.format), quantization=record)
+    export_onnx(
+        out, "fp32", model=model, components=components, qdq=QdqPlan(quants, recipe.format), quantization=record
+    )
     (Path(out) / "recipe.json").write_text(recipe.to_json())
     if report_dir is not None:
         from .report import write_report
 
         write_report(Path(report_dir), record, ranking, judge, images)
     return record
-

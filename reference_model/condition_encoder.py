@@ -11,11 +11,13 @@ prompt are stripped by `prompt.strip_prompt`, the same code the graph runtime us
 from __future__ import annotations
 
 import contextlib
+
 import torch
 from PIL import Image
 from torch import nn
 
 from .prompt import MAX_PROMPT_TOKENS, SYSTEM_PROMPT, EncodedPrompt, chat_prompt, strip_prompt
+
 
 @contextlib.contextmanager
 def without_final_norm(text_model: nn.Module):
@@ -60,14 +62,22 @@ class ConditionEncoder:
         for p in prompts:
             self.check_prompt(p)
         images = images or []
-        kwargs = {"text": [chat_prompt(p, len(images)) for p in prompts], "padding": True,
-                  "padding_side": "left", "return_tensors": "pt"}
+        kwargs = {
+            "text": [chat_prompt(p, len(images)) for p in prompts],
+            "padding": True,
+            "padding_side": "left",
+            "return_tensors": "pt",
+        }
         if images:
             kwargs["images"] = [vision_input(img) for _ in prompts for img in images]
         inputs = self.processor(**kwargs).to(self.model.device)
         base = self.model.model
         with without_final_norm(base.language_model):
             hidden = base(**inputs, use_cache=False).last_hidden_state  # [B, S, hidden]
-        return strip_prompt(hidden.float().cpu().numpy(), inputs["input_ids"].cpu().numpy(),
-                            inputs["attention_mask"].cpu().numpy(), self.drop, self.image_token_id)
-
+        return strip_prompt(
+            hidden.float().cpu().numpy(),
+            inputs["input_ids"].cpu().numpy(),
+            inputs["attention_mask"].cpu().numpy(),
+            self.drop,
+            self.image_token_id,
+        )

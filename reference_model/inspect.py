@@ -49,8 +49,14 @@ def _stored_dtype(folder: Path) -> str:
     return ",".join(sorted(dtypes))
 
 
-def describe(transformer: TransformerConfig, vae: VAEConfig, encoder, width: int, height: int,
-             stored: dict[str, str] | None = None) -> dict:
+def describe(
+    transformer: TransformerConfig,
+    vae: VAEConfig,
+    encoder,
+    width: int,
+    height: int,
+    stored: dict[str, str] | None = None,
+) -> dict:
     with torch.device("meta"):
         t = QwenImage2Transformer(transformer)
         v = QwenImage2VAE(vae)
@@ -63,16 +69,24 @@ def describe(transformer: TransformerConfig, vae: VAEConfig, encoder, width: int
         "vision_tower": text["vision_tower"],
     }
     components = {
-        name: {"parameters": n, "memory_bytes": {p: n * b for p, b in BYTES_PER_PARAM.items()},
-               **({"stored_dtype": stored[name]} if stored and name in stored else {})}
+        name: {
+            "parameters": n,
+            "memory_bytes": {p: n * b for p, b in BYTES_PER_PARAM.items()},
+            **({"stored_dtype": stored[name]} if stored and name in stored else {}),
+        }
         for name, n in params.items()
     }
     h, w = height // PIXELS_PER_TOKEN, width // PIXELS_PER_TOKEN
     return {
         "components": components,
         "total_parameters": sum(params.values()),
-        "resolution": {"width": width, "height": height, "latent_grid": [vae.z_dim, h, w],
-                       "image_tokens": h * w, "encoder_slots_per_condition_image": h * w // 4},
+        "resolution": {
+            "width": width,
+            "height": height,
+            "latent_grid": [vae.z_dim, h, w],
+            "image_tokens": h * w,
+            "encoder_slots_per_condition_image": h * w // 4,
+        },
     }
 
 
@@ -82,6 +96,10 @@ def describe_preset(preset: Preset, width: int, height: int) -> dict:
 
 def describe_model_dir(model: ModelDir, width: int, height: int) -> dict:
     encoder = json.loads((model.path / "text_encoder" / "config.json").read_text())
-    stored = {"transformer": _stored_dtype(model.path / "transformer"), "vae_encoder": _stored_dtype(model.path / "vae"),
-              "vae_decoder": _stored_dtype(model.path / "vae"), "condition_encoder": _stored_dtype(model.path / "text_encoder")}
+    stored = {
+        "transformer": _stored_dtype(model.path / "transformer"),
+        "vae_encoder": _stored_dtype(model.path / "vae"),
+        "vae_decoder": _stored_dtype(model.path / "vae"),
+        "condition_encoder": _stored_dtype(model.path / "text_encoder"),
+    }
     return {"model": str(model.path), **describe(model.transformer, model.vae, encoder, width, height, stored)}

@@ -40,7 +40,9 @@ class Layout:
         return int(self.prefix_gather.shape[0])
 
 
-def build_layout(image_slots: np.ndarray, text_mask: np.ndarray | None, img_shapes: list[tuple[int, int, int]]) -> Layout:
+def build_layout(
+    image_slots: np.ndarray, text_mask: np.ndarray | None, img_shapes: list[tuple[int, int, int]]
+) -> Layout:
     """Lay out the joint sequence the way diffusers' `QwenImage21Transformer2DModel` does.
 
     image_slots: [S_txt] bool, True at the encoder's `<|image_pad|>` slots (shared by the batch).
@@ -137,8 +139,10 @@ def rope_tables(positions: np.ndarray, axes_dims: tuple[int, ...]) -> tuple[np.n
             f"[{ROPE_MIN_POSITION}, {ROPE_MAX_POSITION}): prompt or image too large"
         )
     angles = np.concatenate(
-        [positions[:, axis].astype(np.float32)[:, None] * rope_inverse_frequencies(dim)[None, :]
-         for axis, dim in enumerate(axes_dims)],
+        [
+            positions[:, axis].astype(np.float32)[:, None] * rope_inverse_frequencies(dim)[None, :]
+            for axis, dim in enumerate(axes_dims)
+        ],
         axis=1,
     )
     return np.cos(angles), np.sin(angles)

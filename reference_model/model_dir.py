@@ -59,7 +59,7 @@ class ModelDir:
     sample_sigmas: tuple[float, ...] | None
 
     @classmethod
-    def open(cls, path: str | Path) -> "ModelDir":
+    def open(cls, path: str | Path) -> ModelDir:
         path = Path(path)
         if not (path / "model_index.json").is_file():
             raise ModelDirError(f"{path} is not a model directory: no model_index.json")
@@ -110,7 +110,9 @@ class ModelDir:
             raise ModelDirError(f"{folder} has no config.json")
         weight_files(folder)
         hf_logging.disable_progress_bar()
-        model = Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=dtype or torch.float32, local_files_only=True)
+        model = Qwen3VLForConditionalGeneration.from_pretrained(
+            folder, dtype=dtype or torch.float32, local_files_only=True
+        )
         processor = Qwen3VLProcessor.from_pretrained(self.path / "processor", local_files_only=True)
         return ConditionEncoder(model.to(device).eval(), processor)
 
@@ -151,8 +153,10 @@ def init_model_dir(preset: Preset, out: str | Path, seed: int = 0) -> Path:
     Written through `staged_directory`, so a failure never leaves a half-written model behind.
     """
     if preset.name == presets.QWEN_IMAGE_2_7B.name:
-        raise ModelDirError("init writes random weights for the tiny and small presets only; "
-                            "the 7B preset is built on the meta device or loaded from a checkpoint")
+        raise ModelDirError(
+            "init writes random weights for the tiny and small presets only; "
+            "the 7B preset is built on the meta device or loaded from a checkpoint"
+        )
     with staged_directory(Path(out)) as tmp:
         _write_components(preset, tmp, seed)
     return Path(out)
@@ -173,21 +177,32 @@ def _write_components(preset: Preset, root: Path, seed: int) -> None:
     _write_diffusers_module(root / "vae", vae, preset.vae, "AutoencoderKLQwenImage21")
     _write_text_encoder(root, preset.encoder, seed)
     _write_processor(root / "processor")
-    _write_json(root / "scheduler" / "scheduler_config.json", {
-        "_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": DIFFUSERS_VERSION,
-        **presets.config_dict(SchedulerConfig()),
-        "invert_sigmas": False, "stochastic_sampling": False, "use_beta_sigmas": False,
-        "use_exponential_sigmas": False, "use_karras_sigmas": False,
-    })
-    _write_json(root / "model_index.json", {
-        "_class_name": "QwenImage21Pipeline", "_diffusers_version": DIFFUSERS_VERSION,
-        "processor": ["transformers", "Qwen3VLProcessor"],
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "Qwen3VLForConditionalGeneration"],
-        "transformer": ["diffusers", "QwenImage21Transformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKLQwenImage21"],
-        "sample_sigmas": list(preset.sample_sigmas) if preset.sample_sigmas else None,
-    })
+    _write_json(
+        root / "scheduler" / "scheduler_config.json",
+        {
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "_diffusers_version": DIFFUSERS_VERSION,
+            **presets.config_dict(SchedulerConfig()),
+            "invert_sigmas": False,
+            "stochastic_sampling": False,
+            "use_beta_sigmas": False,
+            "use_exponential_sigmas": False,
+            "use_karras_sigmas": False,
+        },
+    )
+    _write_json(
+        root / "model_index.json",
+        {
+            "_class_name": "QwenImage21Pipeline",
+            "_diffusers_version": DIFFUSERS_VERSION,
+            "processor": ["transformers", "Qwen3VLProcessor"],
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "Qwen3VLForConditionalGeneration"],
+            "transformer": ["diffusers", "QwenImage21Transformer2DModel"],
+            "vae": ["diffusers", "AutoencoderKLQwenImage21"],
+            "sample_sigmas": list(preset.sample_sigmas) if preset.sample_sigmas else None,
+        },
+    )
 
 
 def _randomize(module, generator) -> None:
@@ -209,8 +224,10 @@ def _write_diffusers_module(folder: Path, module, config, class_name: str) -> No
     from .weights import save
 
     folder.mkdir(parents=True)
-    _write_json(folder / "config.json", {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION,
-                                          **presets.config_dict(config)})
+    _write_json(
+        folder / "config.json",
+        {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION, **presets.config_dict(config)},
+    )
     save(module, folder / "diffusion_pytorch_model.safetensors")
 
 
@@ -221,9 +238,12 @@ def _write_text_encoder(root: Path, config: EncoderConfig, seed: int) -> None:
 
     hf_logging.disable_progress_bar()
     hf_config = Qwen3VLConfig(
-        text_config=dict(config.text_config), vision_config=dict(config.vision_config),
-        image_token_id=config.image_token_id, video_token_id=config.video_token_id,
-        vision_start_token_id=config.vision_start_token_id, vision_end_token_id=config.vision_end_token_id,
+        text_config=dict(config.text_config),
+        vision_config=dict(config.vision_config),
+        image_token_id=config.image_token_id,
+        video_token_id=config.video_token_id,
+        vision_start_token_id=config.vision_start_token_id,
+        vision_end_token_id=config.vision_end_token_id,
     )
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(hf_config).eval()
@@ -251,11 +271,18 @@ def _write_processor(folder: Path) -> None:
     # Pixel limits wide enough that images already a multiple of 32 px are never resized: each
     # encoder slot must cover exactly the 2x2 latent tokens the VAE makes of the same pixels.
     image_processor = Qwen2VLImageProcessor(
-        patch_size=16, merge_size=2, temporal_patch_size=2,
+        patch_size=16,
+        merge_size=2,
+        temporal_patch_size=2,
         size={"shortest_edge": 32 * 32, "longest_edge": 4096 * 4096},
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
     )
     video_processor = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
-    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=build_tokenizer(),
-                                 video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+    processor = Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=build_tokenizer(),
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
     processor.save_pretrained(folder)

@@ -16,9 +16,16 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 COLORS = {
-    "red": (220, 40, 40), "green": (40, 170, 70), "blue": (40, 70, 220), "yellow": (240, 220, 40),
-    "orange": (245, 140, 30), "purple": (140, 60, 180), "white": (245, 245, 245), "black": (20, 20, 20),
-    "pink": (245, 140, 200), "cyan": (40, 210, 220),
+    "red": (220, 40, 40),
+    "green": (40, 170, 70),
+    "blue": (40, 70, 220),
+    "yellow": (240, 220, 40),
+    "orange": (245, 140, 30),
+    "purple": (140, 60, 180),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "pink": (245, 140, 200),
+    "cyan": (40, 210, 220),
 }
 SHAPES = ("circle", "square", "triangle", "star", "ring")
 POSITIONS = {"left": (0.27, 0.5), "right": (0.73, 0.5), "top": (0.5, 0.27), "bottom": (0.5, 0.73), "center": (0.5, 0.5)}
@@ -45,8 +52,13 @@ class Scene:
 
     def prompt(self) -> str:
         if self.word:
-            return f"the word {self.word[0]} in {self.word[1]} on {_article(self.background)} {self.background} background"
-        return " and ".join(s.text() for s in self.shapes) + f" on {_article(self.background)} {self.background} background"
+            return (
+                f"the word {self.word[0]} in {self.word[1]} on {_article(self.background)} {self.background} background"
+            )
+        return (
+            " and ".join(s.text() for s in self.shapes)
+            + f" on {_article(self.background)} {self.background} background"
+        )
 
 
 def _article(word: str) -> str:
@@ -114,7 +126,7 @@ def parse_prompt(prompt: str) -> Scene:
     word = re.fullmatch(r"the word (\w+) in (\w+) on an? (\w+) background", prompt)
     if word:
         return _checked(Scene(word[3], word=(word[1], word[2])))
-    match = re.fullmatch(rf"(?P<shapes>.+) on an? (?P<background>\w+) background", prompt)
+    match = re.fullmatch(r"(?P<shapes>.+) on an? (?P<background>\w+) background", prompt)
     if not match:
         raise ValueError(f"not a demo prompt: {prompt!r}")
     shapes = []
@@ -128,6 +140,8 @@ def parse_prompt(prompt: str) -> Scene:
 
 def _checked(scene: Scene) -> Scene:
     colors = [scene.background] + [s.color for s in scene.shapes] + ([scene.word[1]] if scene.word else [])
-    if any(c not in COLORS for c in colors) or any(s.kind not in SHAPES or s.position not in POSITIONS for s in scene.shapes):
+    if any(c not in COLORS for c in colors) or any(
+        s.kind not in SHAPES or s.position not in POSITIONS for s in scene.shapes
+    ):
         raise ValueError(f"unknown color, shape or position in {scene.prompt()!r}")
     return scene

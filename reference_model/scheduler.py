@@ -36,8 +36,9 @@ class SchedulerConfig:
         return num_tokens * slope + (self.base_shift - slope * self.base_image_seq_len)
 
 
-def sigma_schedule(config: SchedulerConfig, num_tokens: int, steps: int | None = None,
-                   sample_sigmas: tuple[float, ...] | None = None) -> np.ndarray:
+def sigma_schedule(
+    config: SchedulerConfig, num_tokens: int, steps: int | None = None, sample_sigmas: tuple[float, ...] | None = None
+) -> np.ndarray:
     """[N + 1] float32 sigmas from 1 down to 0, for N steps over an image of `num_tokens` tokens.
 
     `sample_sigmas` is a distilled checkpoint's fixed grid; without it, `steps` evenly spaced.

@@ -257,4 +257,4 @@ class QwenImage2Transformer(nn.Module):
         mask = block_causal_mask(ids, valid)
         for block in self.transformer_blocks:
             x = block(x, mod, cos, sin, mask)
-        return self.proj_out(self.norm_out(x[:, prefix.shape[1]:], temb))
+        return self.proj_out(self.norm_out(x[:, prefix.shape[1] :], temb))

@@ -85,7 +85,9 @@ class Resample(nn.Module):
         self.mode = mode
         if mode == "up":
             # Nearest-exact and nearest agree at an integer factor of 2; plain nearest exports everywhere.
-            self.resample = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(dim, dim, 3, padding=1))
+            self.resample = nn.Sequential(
+                nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(dim, dim, 3, padding=1)
+            )
             if temporal:
                 self.time_conv = nn.Conv2d(dim, dim * 2, 1)
         else:
@@ -173,8 +175,13 @@ class Encoder(nn.Module):
         stages = len(config.dim_mult)
         self.conv_in = nn.Conv2d(config.in_channels, dims[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
-            DownBlock(dims[i], dims[i + 1], config.num_res_blocks,
-                      temporal=i < stages - 1 and config.temperal_downsample[i], down=i < stages - 1)
+            DownBlock(
+                dims[i],
+                dims[i + 1],
+                config.num_res_blocks,
+                temporal=i < stages - 1 and config.temperal_downsample[i],
+                down=i < stages - 1,
+            )
             for i in range(stages)
         )
         self.mid_block = MidBlock(dims[-1])
@@ -198,8 +205,9 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(config.z_dim, dims[0], 3, padding=1)
         self.mid_block = MidBlock(dims[0])
         self.up_blocks = nn.ModuleList(
-            UpBlock(dims[i], dims[i + 1], config.num_res_blocks,
-                    temporal=i < stages - 1 and temporal[i], up=i < stages - 1)
+            UpBlock(
+                dims[i], dims[i + 1], config.num_res_blocks, temporal=i < stages - 1 and temporal[i], up=i < stages - 1
+            )
             for i in range(stages)
         )
         self.norm_out = _video_norm(dims[-1])

@@ -48,7 +48,9 @@ def check_shapes(module: nn.Module, files: list[Path]) -> None:
         if missing:
             parts.append(f"missing {len(missing)}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+            parts.append(
+                f"unexpected {len(unexpected)}: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
+            )
         if shapes:
             parts.append("shape mismatch: " + ", ".join(f"{k} {found[k]} vs {expected[k]}" for k in shapes[:8]))
         raise WeightsMismatch(f"weights in {files[0].parent} do not fit the config: " + "; ".join(parts))

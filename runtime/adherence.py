@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-
 from qiedge.reference_model.scenes import COLORS, POSITIONS, Scene, parse_prompt
 
 PALETTE = np.array(list(COLORS.values()), dtype=np.float32)
@@ -38,8 +37,10 @@ def check(image: np.ndarray, scene: Scene) -> dict[str, bool]:
         ys, xs = np.nonzero(labels == NAMES.index(shape.color))
         points = np.stack([xs / rgb.shape[1], ys / rgb.shape[0]], axis=1)
         centroid = points.mean(0) if len(points) else np.zeros(2)
-        compact = len(points) >= MIN_SHAPE_SHARE * size and \
-            np.mean(np.linalg.norm(points - centroid, axis=1) < 0.25) >= COMPACT
+        compact = (
+            len(points) >= MIN_SHAPE_SHARE * size
+            and np.mean(np.linalg.norm(points - centroid, axis=1) < 0.25) >= COMPACT
+        )
         results[f"shape{i}_color"] = bool(compact)
         nearest = min(POSITIONS, key=lambda p: np.sum((np.array(POSITIONS[p]) - centroid) ** 2))
         results[f"shape{i}_position"] = bool(compact) and nearest == shape.position

@@ -33,9 +33,14 @@ class ModelFacts:
     tokenizer_json: Path
 
     @classmethod
-    def from_model_dir(cls, model) -> "ModelFacts":
-        return cls(model.transformer.axes_dims_rope, model.transformer.in_channels, model.scheduler,
-                   model.sample_sigmas, model.path / "processor" / "tokenizer.json")
+    def from_model_dir(cls, model) -> ModelFacts:
+        return cls(
+            model.transformer.axes_dims_rope,
+            model.transformer.in_channels,
+            model.scheduler,
+            model.sample_sigmas,
+            model.path / "processor" / "tokenizer.json",
+        )
 
 
 @dataclass(frozen=True)
@@ -44,23 +49,29 @@ class Artifacts:
     manifest: dict
 
     @classmethod
-    def open(cls, path: str | Path) -> "Artifacts":
+    def open(cls, path: str | Path) -> Artifacts:
         path = Path(path)
         if not (path / MANIFEST).is_file():
             raise ArtifactError(f"{path} is not an artifacts directory: no {MANIFEST}")
         manifest = json.loads((path / MANIFEST).read_text())
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise ArtifactError(f"{path / MANIFEST} has format version {manifest.get('format_version')}; "
-                                f"this qiedge reads {FORMAT_VERSION}")
+            raise ArtifactError(
+                f"{path / MANIFEST} has format version {manifest.get('format_version')}; "
+                f"this qiedge reads {FORMAT_VERSION}"
+            )
         return cls(path, manifest)
 
     @property
     def facts(self) -> ModelFacts:
         model = self.manifest["model"]
         sigmas = model["sample_sigmas"]
-        return ModelFacts(tuple(model["axes_dims_rope"]), model["latent_channels"],
-                          SchedulerConfig(**model["scheduler"]), tuple(sigmas) if sigmas else None,
-                          self.path / model["tokenizer"])
+        return ModelFacts(
+            tuple(model["axes_dims_rope"]),
+            model["latent_channels"],
+            SchedulerConfig(**model["scheduler"]),
+            tuple(sigmas) if sigmas else None,
+            self.path / model["tokenizer"],
+        )
 
     @property
     def components(self) -> dict[str, dict]:
@@ -79,8 +90,10 @@ class Artifacts:
             if not file.is_file():
                 raise ArtifactError(f"{name}: {relative} is missing from {self.path}")
             if sha256_file(file) != expected:
-                raise ArtifactError(f"{name}: {relative} does not match the sha256 in {MANIFEST}; "
-                                    f"the artifact was modified or corrupted, refusing to load it")
+                raise ArtifactError(
+                    f"{name}: {relative} does not match the sha256 in {MANIFEST}; "
+                    f"the artifact was modified or corrupted, refusing to load it"
+                )
         return self.path / entry["graph"]
 
 

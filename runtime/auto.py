@@ -45,5 +45,7 @@ def bf16_warning(cpu: Cpu) -> str | None:
     """What forcing torch-bf16 costs where bf16 is emulated; None where it is native."""
     if cpu.bf16_unit:
         return None
-    return ("torch-bf16 on a CPU without native bf16 (no AMX, AVX512-BF16 or Arm BF16): measured 2.4x slower "
-            "than fp32 on such a CPU, and its first call compiles for minutes; torch-compile is the fast path here")
+    return (
+        "torch-bf16 on a CPU without native bf16 (no AMX, AVX512-BF16 or Arm BF16): measured 2.4x slower "
+        "than fp32 on such a CPU, and its first call compiles for minutes; torch-compile is the fast path here"
+    )

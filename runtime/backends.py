@@ -11,8 +11,8 @@ from typing import Protocol
 import numpy as np
 
 from . import ort_int8
-from .auto import TORCH_PATHS
 from .artifacts import Artifacts
+from .auto import TORCH_PATHS
 
 
 class Session(Protocol):
@@ -33,8 +33,11 @@ class OnnxRuntimeSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # fp16 graphs take fp16 floats; everything comes back as fp32 for the host.
-        cast = {n: v.astype(np.float16) if self.input_types[n] == "tensor(float16)" and v.dtype == np.float32 else v
-                for n, v in feeds.items() if n in self.input_types}
+        cast = {
+            n: v.astype(np.float16) if self.input_types[n] == "tensor(float16)" and v.dtype == np.float32 else v
+            for n, v in feeds.items()
+            if n in self.input_types
+        }
         outputs = self.session.run(self.output_names, cast)
         return {n: o.astype(np.float32) if o.dtype == np.float16 else o for n, o in zip(self.output_names, outputs)}
 
@@ -65,11 +68,12 @@ class TorchSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
-
         from qiedge.export.specs import torch_dtype
 
-        inputs = {t.name: torch.from_numpy(np.ascontiguousarray(feeds[t.name])).to(torch_dtype(t.dtype, torch.float32))
-                  for t in self.spec.inputs}
+        inputs = {
+            t.name: torch.from_numpy(np.ascontiguousarray(feeds[t.name])).to(torch_dtype(t.dtype, torch.float32))
+            for t in self.spec.inputs
+        }
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             outputs = self.module(**inputs)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -95,14 +99,16 @@ class TorchBackend:
     def reference(self, weights: str):
         """The loaded reference module behind every session of one weights folder (shared)."""
         if weights not in self._modules:
-            load = {"transformer": self.model.load_transformer, "vae": self.model.load_vae,
-                    "text_encoder": lambda: self.model.load_condition_encoder().model.model}[weights]
+            load = {
+                "transformer": self.model.load_transformer,
+                "vae": self.model.load_vae,
+                "text_encoder": lambda: self.model.load_condition_encoder().model.model,
+            }[weights]
             self._modules[weights] = load()
         return self._modules[weights]
 
     def load(self, component: str) -> Session:
         import torch
-
         from qiedge.export.specs import SPECS
 
         spec = SPECS[component]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from qiedge.reference_model.scenes import sample_scene
 
 from .adherence import adherence
@@ -47,8 +46,14 @@ def ssim(a: np.ndarray, b: np.ndarray, window: int = 8) -> float:
     """Mean SSIM over non-overlapping window x window tiles of every channel (uint8 images)."""
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     n, h, w, c = a.shape
-    tiles = lambda x: x[:, : h - h % window, : w - w % window].astype(np.float64).reshape(
-        n, h // window, window, w // window, window, c)
+
+    def tiles(x):
+        return (
+            x[:, : h - h % window, : w - w % window]
+            .astype(np.float64)
+            .reshape(n, h // window, window, w // window, window, c)
+        )
+
     x, y = tiles(a), tiles(b)
     mx, my = x.mean((2, 4)), y.mean((2, 4))
     vx, vy = x.var((2, 4)), y.var((2, 4))
@@ -61,6 +66,9 @@ def evaluate(runtime, prompts: list[str], size: int = 256, seed: int = 0, agains
     report = {"prompts": len(prompts), "size": size, "seed": seed, "adherence": adherence(images, prompts)}
     if against is not None:
         other = render_all(against, prompts, size, seed)
-        report["against"] = {"adherence": adherence(other, prompts), "psnr_db": psnr(images, other),
-                             "ssim": ssim(images, other)}
+        report["against"] = {
+            "adherence": adherence(other, prompts),
+            "psnr_db": psnr(images, other),
+            "ssim": ssim(images, other),
+        }
     return report

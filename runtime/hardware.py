@@ -15,9 +15,18 @@ from pathlib import Path
 
 # OS flag names -> ours. x86 names are Linux's; ARM's `asimddp` is the dot-product extension.
 LINUX_FLAGS = {
-    "amx_bf16": "amx_bf16", "amx_int8": "amx_int8", "avx512_bf16": "avx512_bf16", "avx512_vnni": "avx512_vnni",
-    "avx_vnni": "avx_vnni", "avx512f": "avx512f", "avx2": "avx2", "fma": "fma",
-    "bf16": "bf16", "i8mm": "i8mm", "asimddp": "dotprod", "sve": "sve",
+    "amx_bf16": "amx_bf16",
+    "amx_int8": "amx_int8",
+    "avx512_bf16": "avx512_bf16",
+    "avx512_vnni": "avx512_vnni",
+    "avx_vnni": "avx_vnni",
+    "avx512f": "avx512f",
+    "avx2": "avx2",
+    "fma": "fma",
+    "bf16": "bf16",
+    "i8mm": "i8mm",
+    "asimddp": "dotprod",
+    "sve": "sve",
 }
 # macOS: Intel Macs list features in two sysctl strings; Apple silicon answers one sysctl each.
 DARWIN_X86_FLAGS = {"AVX2": "avx2", "FMA": "fma", "AVX512F": "avx512f", "AVX512VNNI": "avx512_vnni"}
@@ -25,8 +34,13 @@ DARWIN_ARM_FLAGS = {"FEAT_BF16": "bf16", "FEAT_I8MM": "i8mm", "FEAT_DotProd": "d
 
 # Which unit multiplies bf16 / int8 natively, best first.
 BF16_UNITS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("bf16", "Arm BF16"))
-INT8_UNITS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"),
-              ("i8mm", "Arm I8MM"), ("dotprod", "Arm DotProd"))
+INT8_UNITS = (
+    ("amx_int8", "AMX-INT8"),
+    ("avx512_vnni", "AVX512-VNNI"),
+    ("avx_vnni", "AVX-VNNI"),
+    ("i8mm", "Arm I8MM"),
+    ("dotprod", "Arm DotProd"),
+)
 
 
 @dataclass(frozen=True)
@@ -54,12 +68,21 @@ class Cpu:
 
     def summary(self) -> str:
         """One line for benchmark headers and reports."""
-        return (f"{self.model}, {self.cores} cores, {self.vector_isa}; bf16 {self.bf16_unit or 'emulated'}; "
-                f"int8 dot {self.int8_unit or 'not native'}")
+        return (
+            f"{self.model}, {self.cores} cores, {self.vector_isa}; bf16 {self.bf16_unit or 'emulated'}; "
+            f"int8 dot {self.int8_unit or 'not native'}"
+        )
 
     def to_json(self) -> dict:
-        return {"model": self.model, "arch": self.arch, "cores": self.cores, "features": sorted(self.features),
-                "vector_isa": self.vector_isa, "bf16": self.bf16_unit, "int8_dot": self.int8_unit}
+        return {
+            "model": self.model,
+            "arch": self.arch,
+            "cores": self.cores,
+            "features": sorted(self.features),
+            "vector_isa": self.vector_isa,
+            "bf16": self.bf16_unit,
+            "int8_dot": self.int8_unit,
+        }
 
 
 def _arch() -> str:
@@ -92,7 +115,9 @@ def _sysctl(name: str) -> str:
 def _darwin(arch: str) -> tuple[str, frozenset[str]]:
     model = _sysctl("machdep.cpu.brand_string")
     if arch == "arm64":
-        return model, frozenset(ours for flag, ours in DARWIN_ARM_FLAGS.items() if _sysctl(f"hw.optional.arm.{flag}") == "1")
+        return model, frozenset(
+            ours for flag, ours in DARWIN_ARM_FLAGS.items() if _sysctl(f"hw.optional.arm.{flag}") == "1"
+        )
     names = (_sysctl("machdep.cpu.features") + " " + _sysctl("machdep.cpu.leaf7_features")).split()
     return model, frozenset(DARWIN_X86_FLAGS[n] for n in names if n in DARWIN_X86_FLAGS)
 
@@ -116,9 +141,13 @@ def torch_view() -> dict | None:
         return None
     import torch
 
-    return {"version": torch.__version__, "aten_capability": torch.backends.cpu.get_cpu_capability(),
-            "amx": torch.cpu._is_amx_tile_supported(), "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
-            "vnni": torch.cpu._is_vnni_supported()}
+    return {
+        "version": torch.__version__,
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "amx": torch.cpu._is_amx_tile_supported(),
+        "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
+        "vnni": torch.cpu._is_vnni_supported(),
+    }
 
 
 def report() -> dict:
@@ -130,8 +159,19 @@ def report() -> dict:
 
     cpu = detect()
     choice = auto.choose(cpu, float("inf"))
-    return {"cpu": cpu.to_json(), "summary": cpu.summary(), "torch": torch_view(),
-            "onnxruntime": {"version": onnxruntime.__version__, "int8_u8s8_saturates": ort_int8.saturates(),
-                            "int8": ort_int8.describe()},
-            "auto": {"backend": choice.backend, "reason": choice.reason,
-                     "below_flop": auto.COMPILE_PAYS_OFF_FLOP, "below": "torch (eager fp32)"}}
+    return {
+        "cpu": cpu.to_json(),
+        "summary": cpu.summary(),
+        "torch": torch_view(),
+        "onnxruntime": {
+            "version": onnxruntime.__version__,
+            "int8_u8s8_saturates": ort_int8.saturates(),
+            "int8": ort_int8.describe(),
+        },
+        "auto": {
+            "backend": choice.backend,
+            "reason": choice.reason,
+            "below_flop": auto.COMPILE_PAYS_OFF_FLOP,
+            "below": "torch (eager fp32)",
+        },
+    }

@@ -14,7 +14,8 @@ BLOCK = 16
 
 
 def torch_randn(shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """float32 normals equal (to float32 rounding) to `torch.randn(shape, generator=torch.Generator().manual_seed(seed))`."""
+    """float32 normals equal (to float32 rounding) to
+    `torch.randn(shape, generator=torch.Generator().manual_seed(seed))`."""
     count = int(np.prod(shape))
     if count < BLOCK:
         raise ValueError(f"torch draws tensors under {BLOCK} elements another way; got {count}")

@@ -56,10 +56,12 @@ def build_probe():
     """The probe graph (needs the `onnx` package; the shipped file is what this writes)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["xq"]),
-             helper.make_node("DequantizeLinear", ["xq", "scale", "zero"], ["xd"]),
-             helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], axis=1),
-             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "scale", "zero"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], axis=1),
+        helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+    ]
     initializers = [
         numpy_helper.from_array(np.full((PROBE_K, PROBE_N), 127, np.int8), "w"),
         numpy_helper.from_array(np.full(PROBE_N, PROBE_SCALE, np.float32), "w_scale"),
@@ -67,6 +69,11 @@ def build_probe():
         numpy_helper.from_array(np.array(PROBE_SCALE, np.float32), "scale"),
         numpy_helper.from_array(np.array(0, np.int8), "zero"),
     ]
-    graph = helper.make_graph(nodes, "int8_matmul_probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, PROBE_K])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, PROBE_N])], initializers)
+    graph = helper.make_graph(
+        nodes,
+        "int8_matmul_probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, PROBE_K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, PROBE_N])],
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], producer_name="qiedge")

@@ -43,7 +43,9 @@ def _job_flop(model_dir, facts: ModelFacts, request: Request | None) -> float:
     return auto.transformer_flop(parameter_count(model_dir.path / "transformer"), tokens, steps, images)
 
 
-def _choose(backend: str, model_dir, store: Artifacts | None, facts: ModelFacts, request: Request | None) -> auto.Choice:
+def _choose(
+    backend: str, model_dir, store: Artifacts | None, facts: ModelFacts, request: Request | None
+) -> auto.Choice:
     if backend != "auto":
         return auto.Choice(backend, "as asked")
     if store is not None:
@@ -52,9 +54,14 @@ def _choose(backend: str, model_dir, store: Artifacts | None, facts: ModelFacts,
     return auto.choose(detect(), _job_flop(model_dir, facts, request))
 
 
-def open_runtime(model: Path | None = None, artifacts: Path | None = None, backend: str | None = None,
-                 encoder_backend: str | None = None, threads: int | None = None,
-                 request: Request | None = None) -> Runtime:
+def open_runtime(
+    model: Path | None = None,
+    artifacts: Path | None = None,
+    backend: str | None = None,
+    encoder_backend: str | None = None,
+    threads: int | None = None,
+    request: Request | None = None,
+) -> Runtime:
     """Sessions for one generate: the transformer, VAE and encoder each on the backend asked for.
 
     `auto` (the default) runs `--artifacts` on onnxruntime, and a `--model` on the torch path
@@ -84,8 +91,16 @@ def open_runtime(model: Path | None = None, artifacts: Path | None = None, backe
         encode = model_dir.load_condition_encoder()  # transformers' processor + model: text and images
     else:
         encode = GraphPromptEncoder(PromptTokenizer(facts.tokenizer_json), main.load("condition_encoder"))
-    sessions = Sessions(encode=encode, prefix=main.load("transformer_prefix"), step=main.load("transformer_step"),
-                        vae_decoder=main.load("vae_decoder"), vae_encoder=lambda: main.load("vae_encoder"))
-    source, source_hash = ((str(store.path), store.manifest["source"]["model_hash"]) if store
-                           else (str(model_dir.path), model_dir.fingerprint()))
+    sessions = Sessions(
+        encode=encode,
+        prefix=main.load("transformer_prefix"),
+        step=main.load("transformer_step"),
+        vae_decoder=main.load("vae_decoder"),
+        vae_encoder=lambda: main.load("vae_encoder"),
+    )
+    source, source_hash = (
+        (str(store.path), store.manifest["source"]["model_hash"])
+        if store
+        else (str(model_dir.path), model_dir.fingerprint())
+    )
     return Runtime(facts, sessions, source, source_hash, main, choice, [warning] if warning else [])

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
-
 from qiedge.reference_model.layout import build_layout, rope_tables
 from qiedge.reference_model.prompt import EncodedPrompt, strip_prompt
 from qiedge.reference_model.scheduler import model_timesteps, sigma_schedule
@@ -44,14 +43,16 @@ class Request:
     def validate(self) -> None:
         for name, value in (("width", self.width), ("height", self.height)):
             if value % SIZE_MULTIPLE or not SIZE_MULTIPLE <= value <= MAX_SIDE:
-                raise ValueError(f"{name} {value} must be a multiple of {SIZE_MULTIPLE} between "
-                                 f"{SIZE_MULTIPLE} and {MAX_SIDE} (one encoder image slot covers 32x32 px)")
+                raise ValueError(
+                    f"{name} {value} must be a multiple of {SIZE_MULTIPLE} between "
+                    f"{SIZE_MULTIPLE} and {MAX_SIDE} (one encoder image slot covers 32x32 px)"
+                )
         if not self.prompts:
             raise ValueError("need at least one prompt")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.cfg > 1 and self.negative_prompt is None:
-            raise ValueError("--cfg above 1 needs a negative prompt (use \" \" for an empty one)")
+            raise ValueError('--cfg above 1 needs a negative prompt (use " " for an empty one)')
 
     @property
     def guided(self) -> bool:
@@ -106,13 +107,21 @@ class GraphPromptEncoder:
 
     def __call__(self, prompts: list[str], images: list[Image.Image]) -> EncodedPrompt:
         if images:
-            raise ValueError("editing needs Qwen3-VL's vision tower, which is not exported: "
-                             "run the condition encoder on the torch backend (--encoder-backend torch)")
+            raise ValueError(
+                "editing needs Qwen3-VL's vision tower, which is not exported: "
+                "run the condition encoder on the torch backend (--encoder-backend torch)"
+            )
         tokens = self.tokenizer(prompts)
-        hidden = self.session.run({"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask,
-                                   "position_ids": tokens.position_ids})["hidden_states"]
-        return strip_prompt(hidden, tokens.input_ids, tokens.attention_mask, self.tokenizer.drop,
-                            self.tokenizer.image_pad_id)
+        hidden = self.session.run(
+            {
+                "input_ids": tokens.input_ids,
+                "attention_mask": tokens.attention_mask,
+                "position_ids": tokens.position_ids,
+            }
+        )["hidden_states"]
+        return strip_prompt(
+            hidden, tokens.input_ids, tokens.attention_mask, self.tokenizer.drop, self.tokenizer.image_pad_id
+        )
 
 
 @dataclass
@@ -124,8 +133,9 @@ class Sessions:
     vae_encoder: Callable[[], Session]  # loaded only when editing
 
 
-def generate(request: Request, facts: ModelFacts, sessions: Sessions,
-             on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+def generate(
+    request: Request, facts: ModelFacts, sessions: Sessions, on_step: Callable[[int, int], None] | None = None
+) -> np.ndarray:
     """Images [B, H, W, 4] float32 in [0, 1]."""
     request.validate()
     batch = len(request.prompts)
@@ -143,8 +153,9 @@ def generate(request: Request, facts: ModelFacts, sessions: Sessions,
     sigmas = schedule_for(facts, h * w, request.steps)
     for i, t in enumerate(model_timesteps(sigmas)):
         timestep = np.full(batch, t, dtype=np.float32)
-        velocity = [sessions.step.run({"latents": latents, "timestep": timestep, **branch})["velocity"]
-                    for branch in branches]
+        velocity = [
+            sessions.step.run({"latents": latents, "timestep": timestep, **branch})["velocity"] for branch in branches
+        ]
         v = velocity[0] if len(velocity) == 1 else velocity[1] + np.float32(request.cfg) * (velocity[0] - velocity[1])
         latents = (latents + (sigmas[i + 1] - sigmas[i]) * v).astype(np.float32)
         if on_step:
@@ -167,10 +178,21 @@ def _prefix(sessions: Sessions, facts: ModelFacts, encoded: EncodedPrompt, cond_
     layout = build_layout(encoded.image_slots, encoded.mask, shapes)
     cos, sin = rope_tables(layout.positions, facts.axes_dims_rope)
     p = layout.prefix_len
-    cache = sessions.prefix.run({
-        "text": encoded.embeds, "cond_latents": cond_latents, "prefix_gather": layout.prefix_gather,
-        "segment_ids": layout.segment_ids, "key_valid": layout.prefix_key_valid,
-        "rope_cos": cos[:p], "rope_sin": sin[:p],
-    })
-    return {"past_keys": cache["past_keys"], "past_values": cache["past_values"],
-            "key_valid": layout.prefix_key_valid, "rope_cos": cos[p:], "rope_sin": sin[p:]}
+    cache = sessions.prefix.run(
+        {
+            "text": encoded.embeds,
+            "cond_latents": cond_latents,
+            "prefix_gather": layout.prefix_gather,
+            "segment_ids": layout.segment_ids,
+            "key_valid": layout.prefix_key_valid,
+            "rope_cos": cos[:p],
+            "rope_sin": sin[:p],
+        }
+    )
+    return {
+        "past_keys": cache["past_keys"],
+        "past_values": cache["past_values"],
+        "key_valid": layout.prefix_key_valid,
+        "rope_cos": cos[p:],
+        "rope_sin": sin[p:],
+    }

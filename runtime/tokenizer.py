@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from qiedge.reference_model.prompt import IMAGE_PAD, MAX_PROMPT_TOKENS, chat_prompt, system_message
 
 PIXELS_PER_SLOT = 32
@@ -58,8 +57,8 @@ class PromptTokenizer:
         ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), length), dtype=np.int64)
         for b, row in enumerate(rows):
-            ids[b, length - len(row):] = row
-            mask[b, length - len(row):] = 1
+            ids[b, length - len(row) :] = row
+            mask[b, length - len(row) :] = 1
         positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 0)
         return TokenizedPrompts(ids, mask, np.broadcast_to(positions, (3, *positions.shape)).copy())
 

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 from PIL import Image
-
 from qiedge.reference_model import presets
 from qiedge.reference_model.model_dir import init_model_dir
 
@@ -25,8 +24,21 @@ def tiny(tmp_path_factory):
 
 def test_generate_writes_png_with_metadata(tiny, tmp_path):
     out = tmp_path / "img.png"
-    result = qiedge("generate", "a red circle", "--model", str(tiny), "--width", "64", "--height", "96",
-                    "--seed", "5", "--out", str(out), "--json")
+    result = qiedge(
+        "generate",
+        "a red circle",
+        "--model",
+        str(tiny),
+        "--width",
+        "64",
+        "--height",
+        "96",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     image = Image.open(out)
@@ -39,8 +51,18 @@ def test_generate_writes_png_with_metadata(tiny, tmp_path):
 
 
 def test_generate_says_which_backend_runs_and_why(tiny, tmp_path):
-    result = qiedge("generate", "a red circle", "--model", str(tiny), "--width", "32", "--height", "32",
-                    "--out", str(tmp_path / "a.png"))
+    result = qiedge(
+        "generate",
+        "a red circle",
+        "--model",
+        str(tiny),
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--out",
+        str(tmp_path / "a.png"),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines()[0].startswith("backend torch: a 0 GFLOP job")
 
@@ -48,20 +70,40 @@ def test_generate_says_which_backend_runs_and_why(tiny, tmp_path):
 def test_generate_is_deterministic_and_edits(tiny, tmp_path):
     paths = [tmp_path / "a.png", tmp_path / "b.png"]
     for p in paths:
-        assert qiedge("generate", "x", "--model", str(tiny), "--width", "32", "--height", "32", "--out", str(p)).returncode == 0
+        assert (
+            qiedge("generate", "x", "--model", str(tiny), "--width", "32", "--height", "32", "--out", str(p)).returncode
+            == 0
+        )
     assert Image.open(paths[0]).tobytes() == Image.open(paths[1]).tobytes()
     edited = tmp_path / "edit.png"
-    result = qiedge("generate", "make it blue", "--model", str(tiny), "--image", str(paths[0]), "--resolution", "64",
-                    "--width", "64", "--height", "64", "--out", str(edited))
+    result = qiedge(
+        "generate",
+        "make it blue",
+        "--model",
+        str(tiny),
+        "--image",
+        str(paths[0]),
+        "--resolution",
+        "64",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--out",
+        str(edited),
+    )
     assert result.returncode == 0, result.stderr
     assert Image.open(edited).size == (64, 64)
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--width", "100"], "width 100 must be a multiple of 32"),
-    (["--height", "4096"], "height 4096 must be a multiple of 32 between 32 and 2048"),
-    (["--steps", "0"], "steps must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--width", "100"], "width 100 must be a multiple of 32"),
+        (["--height", "4096"], "height 4096 must be a multiple of 32 between 32 and 2048"),
+        (["--steps", "0"], "steps must be >= 1"),
+    ],
+)
 def test_bad_sizes_fail_in_one_line(tiny, args, needle):
     result = qiedge("generate", "x", "--model", str(tiny), *args)
     assert result.returncode == 2
@@ -116,7 +158,6 @@ def test_export_preset_with_stand_in_weights(tmp_path):
     assert manifest["components"]["vae_decoder"]["parity"] is None  # nothing to compare stand-ins against
 
     import numpy as np
-
     from qiedge.runtime.artifacts import Artifacts
     from qiedge.runtime.backends import OnnxRuntimeBackend
 
@@ -127,8 +168,10 @@ def test_export_preset_with_stand_in_weights(tmp_path):
 
 def test_export_refuses_bad_requests(tiny, tmp_path):
     assert "exactly one of --model DIR or --preset P" in qiedge("export", "--out", str(tmp_path / "a")).stderr
-    assert "target coreml is not built yet" in qiedge("export", "--preset", "tiny", "--target", "coreml",
-                                                      "--out", str(tmp_path / "b")).stderr
+    assert (
+        "target coreml is not built yet"
+        in qiedge("export", "--preset", "tiny", "--target", "coreml", "--out", str(tmp_path / "b")).stderr
+    )
     result = qiedge("export", "--model", str(tiny), "--components", "nope", "--out", str(tmp_path / "c"))
     assert result.returncode == 2 and "unknown component(s) nope" in result.stderr
     assert not (tmp_path / "c").exists()

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from qiedge.runtime import auto, hardware, ort_int8
 from qiedge.runtime.hardware import Cpu, parse_cpuinfo
 
@@ -17,8 +16,10 @@ TINY_JOB = 1e9
 
 # /proc/cpuinfo as each kind of machine writes it (flags cut to what matters, plus noise).
 CPUINFO = {
-    "sapphire-rapids": ("Intel(R) Xeon(R) Platinum 8481C", "flags : fpu sse4_2 avx fma avx2 avx512f avx512_vnni "
-                        "avx_vnni avx512_bf16 amx_bf16 amx_tile amx_int8"),
+    "sapphire-rapids": (
+        "Intel(R) Xeon(R) Platinum 8481C",
+        "flags : fpu sse4_2 avx fma avx2 avx512f avx512_vnni avx_vnni avx512_bf16 amx_bf16 amx_tile amx_int8",
+    ),
     "skylake-xeon": ("Intel(R) Xeon(R) CPU @ 2.00GHz", "flags : fpu sse4_2 avx fma avx2 avx512f avx512dq avx512bw"),
     "zen5-epyc": ("AMD EPYC", "flags : fpu sse4_2 avx fma avx2 avx512f avx512_bf16 avx512_vnni avx_vnni"),
     "haswell": ("Intel(R) Core(TM) i7-4770", "flags : fpu sse4_2 avx fma avx2"),
@@ -53,8 +54,15 @@ def test_cpuinfo_is_read_for_what_decides_speed():
     assert "bf16 emulated" in cpu("haswell").summary()
 
 
-@pytest.mark.parametrize(("kind", "expected"), [("sapphire-rapids", "torch-bf16"), ("zen5-epyc", "torch-bf16"),
-                                                ("skylake-xeon", "torch-compile"), ("haswell", "torch-compile")])
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("sapphire-rapids", "torch-bf16"),
+        ("zen5-epyc", "torch-bf16"),
+        ("skylake-xeon", "torch-compile"),
+        ("haswell", "torch-compile"),
+    ],
+)
 def test_auto_picks_the_fast_path_for_each_cpu(kind, expected):
     choice = auto.choose(cpu(kind), BIG_JOB)
     assert choice.backend == expected
@@ -99,8 +107,9 @@ def test_job_size_counts_parameters_tokens_steps_and_images(tiny_dir):
 
 
 def test_inspect_hardware_reports_this_machine():
-    result = subprocess.run([sys.executable, "-m", "qiedge.runtime.cli", "inspect", "--hardware", "--json"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "qiedge.runtime.cli", "inspect", "--hardware", "--json"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["cpu"] == hardware.detect().to_json()

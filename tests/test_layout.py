@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from qiedge.reference_model.layout import build_layout, rope_tables
 
 

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
-
 from qiedge.runtime.noise import torch_randn
 
 
-@pytest.mark.parametrize("shape,seed", [((2, 1, 64, 4, 6), 0), ((1, 64, 8, 8), 1234), ((3, 7, 5), 7), ((16,), 2**40 + 3)])
+@pytest.mark.parametrize(
+    "shape,seed", [((2, 1, 64, 4, 6), 0), ((1, 64, 8, 8), 1234), ((3, 7, 5), 7), ((16,), 2**40 + 3)]
+)
 def test_matches_torch_cpu_randn(shape, seed):
     torch = pytest.importorskip("torch")
     expected = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).numpy()

@@ -2,9 +2,17 @@ import itertools
 
 import numpy as np
 import pytest
-
-from qiedge.reference_model.scenes import (COLORS, POSITIONS, SHAPES, Scene, Shape, held_out, parse_prompt, render,
-                                           sample_scene)
+from qiedge.reference_model.scenes import (
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    Scene,
+    Shape,
+    held_out,
+    parse_prompt,
+    render,
+    sample_scene,
+)
 from qiedge.runtime.adherence import adherence, check
 from qiedge.runtime.evaluate import prompt_set, psnr, ssim
 
@@ -20,8 +28,14 @@ def test_prompts_round_trip_and_splits_are_disjoint():
     assert 0.05 < np.mean([held_out(s) for s in combos]) < 0.2
 
 
-@pytest.mark.parametrize("prompt", ["a dog on a cat background", "a red circle on the moon on a blue background",
-                                    "a mauve circle on the left on a blue background"])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a dog on a cat background",
+        "a red circle on the moon on a blue background",
+        "a mauve circle on the left on a blue background",
+    ],
+)
 def test_parse_rejects_prompts_outside_the_grammar(prompt):
     with pytest.raises(ValueError):
         parse_prompt(prompt)
@@ -40,7 +54,11 @@ def test_each_attribute_is_actually_checked():
     scene = Scene("blue", (Shape("circle", "red", "left"),))
     image = np.asarray(render(scene, 128))
     assert all(check(image, scene).values())
-    assert check(image, Scene("green", scene.shapes)) == {"background": False, "shape0_color": True, "shape0_position": True}
+    assert check(image, Scene("green", scene.shapes)) == {
+        "background": False,
+        "shape0_color": True,
+        "shape0_position": True,
+    }
     moved = Scene("blue", (Shape("circle", "red", "right"),))
     assert not check(image, moved)["shape0_position"]
     recolored = Scene("blue", (Shape("circle", "yellow", "left"),))

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from qiedge.reference_model.scheduler import SchedulerConfig, model_timesteps, sigma_schedule
 
 

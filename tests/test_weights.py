@@ -1,10 +1,9 @@
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from qiedge.reference_model import weights
 from qiedge.reference_model.presets import TINY
 from qiedge.reference_model.transformer import QwenImage2Transformer
+from safetensors.torch import save_file
 
 
 def test_mismatch_lists_every_missing_unexpected_and_misshaped_key(tmp_path):
@@ -19,8 +18,14 @@ def test_mismatch_lists_every_missing_unexpected_and_misshaped_key(tmp_path):
     with pytest.raises(weights.WeightsMismatch) as err:
         weights.load_into(module, tmp_path)
     message = str(err.value)
-    for needle in ("missing 2", "img_in.weight", "proj_out.weight", "unexpected 1", "bogus.weight",
-                   "modulation.1.weight (3, 3) vs (256, 64)"):
+    for needle in (
+        "missing 2",
+        "img_in.weight",
+        "proj_out.weight",
+        "unexpected 1",
+        "bogus.weight",
+        "modulation.1.weight (3, 3) vs (256, 64)",
+    ):
         assert needle in message
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from qiedge.reference_model import presets
 from qiedge.reference_model.files import staged_directory
 from qiedge.reference_model.layout import build_layout, rope_tables
@@ -92,7 +91,9 @@ class Stage:
 
     def save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step}, tmp)
+        torch.save(
+            {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step}, tmp
+        )
         tmp.replace(self.path)
 
 
@@ -188,17 +189,30 @@ def train_transformer(model: ModelDir, vae, work: Path, text_steps: int, steps: 
         noise = torch.randn(x0.shape, generator=generator)
         sigma, step_weight = sample_sigmas(model, h * w, len(prompts), rng, text_only=stage.step < text_steps)
         xt = sigma[:, None, None] * noise + (1 - sigma[:, None, None]) * torch.from_numpy(x0)
-        v = transformer(xt, sigma, text, None, torch.from_numpy(layout.prefix_gather),
-                        torch.from_numpy(layout.segment_ids), torch.from_numpy(layout.prefix_key_valid), cos, sin)
+        v = transformer(
+            xt,
+            sigma,
+            text,
+            None,
+            torch.from_numpy(layout.prefix_gather),
+            torch.from_numpy(layout.segment_ids),
+            torch.from_numpy(layout.prefix_key_valid),
+            cos,
+            sin,
+        )
         loss = weighted_mse(v, noise - torch.from_numpy(x0), torch.from_numpy(x0), step_weight)
         stage.update(loss, lr)
         losses.append(loss.item())
         if stage.step % 100 == 0:
-            log(f"transformer step {stage.step}/{steps} loss {np.mean(losses[-100:]):.4f} ({time.time() - start:.0f} s)")
+            log(
+                f"transformer step {stage.step}/{steps} loss {np.mean(losses[-100:]):.4f} ({time.time() - start:.0f} s)"
+            )
     return transformer.eval()
 
 
-def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, x0: torch.Tensor, step_weight: torch.Tensor) -> torch.Tensor:
+def weighted_mse(
+    prediction: torch.Tensor, target: torch.Tensor, x0: torch.Tensor, step_weight: torch.Tensor
+) -> torch.Tensor:
     """MSE weighted per sample by `step_weight` and per token by up to 5x on tokens unlike the
     image's typical (background) token: shapes cover a tenth of the latent grid, and a plain mean
     lets the background drown them out."""
