@@ -26,6 +26,7 @@ demo: $(VENV)/.torch
 lint: $(VENV)/.test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python .ci/layers.py
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -46,12 +46,12 @@ def model_dir(preset: str, seed: int = 0) -> Path:
 
 
 def artifacts(model: Path, precision: str) -> Path:
-    from qiedge.export.run import export_onnx
+    from qiedge.export.run import export_artifacts
     from qiedge.reference_model.model_dir import ModelDir
 
     path = CACHE / f"{model.name}-onnx-{precision}"
     if not (path / "manifest.json").is_file():
-        export_onnx(path, precision, model=ModelDir.open(model))
+        export_artifacts(path, precision=precision, model=ModelDir.open(model))
     return path
 
 

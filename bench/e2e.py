@@ -11,13 +11,14 @@ the medians (one warm-up call) and reported on its own.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import time
 from collections import defaultdict
 
 import numpy as np
 from common import artifacts, machine_header, median_seconds, model_dir, table
-from qiedge.runtime.auto import TORCH_PATHS
+from qiedge.runtime.backends import REGISTRY
 
 PROMPT = "a red circle on the left on a blue background"
 
@@ -37,7 +38,7 @@ class TimedSession:
 
 def qiedge_path(model, backend: str, request, art=None):
     from qiedge.runtime.runner import open_runtime
-    from qiedge.runtime.sampler import generate
+    from qiedge.runtime.sampler import TEXT_TO_IMAGE, generate
 
     runtime = open_runtime(
         model=None if backend == "onnxruntime" else model, artifacts=art, backend=backend, request=request
@@ -45,11 +46,8 @@ def qiedge_path(model, backend: str, request, art=None):
     if backend == "auto":
         print(f"auto: {runtime.choice.backend} ({runtime.choice.reason})", flush=True)
     clock = defaultdict(float)
-    s = runtime.sessions
-    s.prefix, s.step, s.vae_decoder = (
-        TimedSession(x, n, clock) for x, n in ((s.prefix, "prefix"), (s.step, "step"), (s.vae_decoder, "vae_decoder"))
-    )
-    encode = s.encode
+    timed = {name: TimedSession(runtime.sessions[name], name, clock) for name in TEXT_TO_IMAGE}
+    encode = runtime.sessions.encode
 
     def timed_encode(prompts, images):
         start = time.perf_counter()
@@ -57,12 +55,12 @@ def qiedge_path(model, backend: str, request, art=None):
         clock["encoder"] += time.perf_counter() - start
         return out
 
-    s.encode = timed_encode
+    sessions = dataclasses.replace(runtime.sessions.replacing(**timed), encode=timed_encode)
 
     def run(request):
         clock.clear()
         start = time.perf_counter()
-        image = generate(request, runtime.facts, s)
+        image = generate(request, runtime.facts, sessions)
         clock["total"] = time.perf_counter() - start
         return image, dict(clock)
 
@@ -93,7 +91,7 @@ def diffusers_path(model, dtype_name: str):
 
 
 def main() -> None:
-    from qiedge.runtime.evaluate import psnr
+    from qiedge.core.metrics import psnr
     from qiedge.runtime.sampler import Request
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,7 +109,11 @@ def main() -> None:
     builders = {
         "diffusers-fp32": lambda: diffusers_path(model, "fp32"),
         "diffusers-bf16": lambda: diffusers_path(model, "bf16"),
-        **{name: (lambda name=name: qiedge_path(model, name, request)) for name in TORCH_PATHS},
+        **{
+            name: (lambda name=name: qiedge_path(model, name, request))
+            for name, entry in REGISTRY.items()
+            if entry.needs == "model"
+        },
         "onnxruntime": lambda: qiedge_path(model, "onnxruntime", request, artifacts(model, "fp32")),
         "auto": lambda: qiedge_path(model, "auto", request),
     }
@@ -157,11 +159,11 @@ def main() -> None:
             rows,
         )
     )
-    parts = ["encoder", "prefix", "step", "vae_decoder"]
+    parts = ["encoder", "transformer_prefix", "transformer_step", "vae_decoder"]
     rows = [
         [name] + [clock.get(p, float("nan")) for p in parts]
         for name, (_, _, clock, _) in results.items()
-        if "step" in clock
+        if "transformer_step" in clock
     ]
     print("\nper component, seconds (last run)\n")
     print(table(["path", *parts], rows))

@@ -29,7 +29,7 @@ def main() -> None:
     command = [
         sys.executable,
         "-m",
-        "qiedge.runtime.cli",
+        "qiedge.cli",
         "export",
         "--preset",
         "qwen-image-2-7b",

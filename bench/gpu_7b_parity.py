@@ -36,8 +36,9 @@ def rel(a, b) -> float:
 @torch.no_grad()
 def main() -> None:
     from diffusers import AutoencoderKLQwenImage21, QwenImage21Transformer2DModel
+    from qiedge.core.layout import build_layout, rope_tables
+    from qiedge.core.units import PIXELS_PER_TOKEN
     from qiedge.reference_model import presets
-    from qiedge.reference_model.layout import build_layout, rope_tables
     from qiedge.reference_model.transformer import QwenImage2Transformer
     from qiedge.reference_model.vae import QwenImage2VAE
 
@@ -66,7 +67,7 @@ def main() -> None:
     ours.load_state_dict(theirs.state_dict(), strict=True, assign=True)
     ours.eval()
 
-    h = w = args.size // 16
+    h = w = args.size // PIXELS_PER_TOKEN
     text = torch.randn(1, args.text, 4096, device=device, dtype=dtype)
     latents = torch.randn(1, h * w, 64, device=device, dtype=dtype)
     t = torch.tensor([0.7], device=device, dtype=dtype)

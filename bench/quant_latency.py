@@ -18,13 +18,14 @@ from common import CACHE, artifacts, machine_header, median_seconds, model_dir, 
 
 
 def main() -> None:
-    from qiedge.parity_tests.checks import Comparison
+    from qiedge.core.artifacts import Artifacts
+    from qiedge.core.layout import build_layout, transformer_feeds
+    from qiedge.core.metrics import Comparison
+    from qiedge.core.units import PIXELS_PER_TOKEN
     from qiedge.quantization.recipe import Recipe
     from qiedge.quantization.run import quantize
-    from qiedge.reference_model.layout import build_layout, rope_tables
     from qiedge.runtime import ort_int8
-    from qiedge.runtime.artifacts import Artifacts
-    from qiedge.runtime.backends import OnnxRuntimeBackend
+    from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
@@ -42,28 +43,18 @@ def main() -> None:
         paths[fmt] = out
 
     facts = Artifacts.open(paths["fp32"]).facts
-    h = w = args.size // 16
+    h = w = args.size // PIXELS_PER_TOKEN
     rng = np.random.default_rng(0)
     mask = np.ones((1, 40), dtype=bool)
     layout = build_layout(np.zeros(40, dtype=bool), mask, [(1, h, w)])
-    cos, sin = rope_tables(layout.positions, facts.axes_dims_rope)
-    p = layout.prefix_len
     context = Artifacts.open(paths["fp32"]).manifest["model"]["transformer"]["context_in_dim"]
-    prefix_feeds = {
-        "text": rng.standard_normal((1, 40, context), dtype=np.float32),
-        "cond_latents": np.zeros((1, 0, facts.latent_channels), np.float32),
-        "prefix_gather": layout.prefix_gather,
-        "segment_ids": layout.segment_ids,
-        "key_valid": layout.prefix_key_valid,
-        "rope_cos": cos[:p],
-        "rope_sin": sin[:p],
-    }
+    text = rng.standard_normal((1, 40, context), dtype=np.float32)
+    feeds = transformer_feeds(layout, facts.axes_dims_rope, text, np.zeros((1, 0, facts.latent_channels), np.float32))
+    prefix_feeds = feeds.prefix
     step_feeds = {
         "latents": rng.standard_normal((1, h * w, facts.latent_channels), dtype=np.float32),
         "timestep": np.array([0.6], np.float32),
-        "key_valid": layout.prefix_key_valid,
-        "rope_cos": cos[p:],
-        "rope_sin": sin[p:],
+        **feeds.step,
     }
     results = {}
     saturates = ort_int8.saturates

@@ -18,7 +18,7 @@ from common import table
 
 
 def main() -> None:
-    from qiedge.export.run import export_onnx
+    from qiedge.export.run import export_artifacts
     from qiedge.quantization.onnx_qdq import QdqPlan
     from qiedge.quantization.recipe import Recipe
     from qiedge.quantization.scales import LayerQuant
@@ -52,8 +52,13 @@ def main() -> None:
     record = {"format": args.format, "scales_hash": "placeholder-activation-scales", "recipe": {"name": recipe.name}}
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="qiedge-7b-q-")) / "art"
     start = time.perf_counter()
-    export_onnx(
-        out, "fp16", preset=preset, components=["transformer_prefix", "transformer_step"], qdq=plan, quantization=record
+    export_artifacts(
+        out,
+        precision="fp16",
+        preset=preset,
+        components=["transformer_prefix", "transformer_step"],
+        passes=[plan.as_pass(record)],
+        extra={"precision": args.format, "quantization": record},
     )
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

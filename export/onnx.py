@@ -1,12 +1,13 @@
-"""ONNX export: one mechanism for every component spec.
+"""The ONNX target: one mechanism for every component spec.
 
-Stages, each checked before the next:
+Stages, each checked before the next (export/stages.py runs them):
 1. trace the wrapper on the meta device with torch's dynamo exporter (no weights in memory);
+   the graph's inputs and outputs must be the spec's;
 2. bind weights: stream each initializer from its source into the folder's shared external-data
    file (graphs of one folder, e.g. the transformer's prefix, step and one-shot graphs, share
-   it), folding weight transposes into the stored layout on the way;
-3. optimize the graph structure (onnxscript; weights are never loaded for it), then, for a
-   quantized export, insert the Q/DQ nodes (quantization/onnx_qdq.py);
+   it), folding weight transposes into the stored layout on the way; none may stay unbound;
+3. optimize the graph structure (onnxscript; weights are never loaded for it), then the passes
+   from outside (a quantized export's Q/DQ insertion, quantization/onnx_qdq.py);
 4. save, then `onnx.checker` and shape inference on the file.
 """
 
@@ -20,16 +21,13 @@ import numpy as np
 import torch
 
 from .specs import ComponentSpec, ModelConfigs, declared_shape, dynamic_shapes, trace_inputs
+from .stages import ExportError, GraphJob, Stage
 
 # Opset 18: torch's dynamo exporter targets it natively, and both ONNX Runtime and TensorRT 10's
 # ONNX parser read it.
 OPSET = 18
 WEIGHTS_FILE = "weights.bin"
 ALIGNMENT = 64
-
-
-class ExportError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -175,23 +173,61 @@ def _name_dims(model, spec: ComponentSpec, configs: ModelConfigs) -> None:
             value.shape = ir.Shape(declared[value.name])
 
 
-def export_component(
-    spec: ComponentSpec,
-    configs: ModelConfigs,
-    source,
-    precision: torch.dtype,
-    store: WeightStore,
-    extras: dict,
-    qdq=None,
-) -> Path:
-    """Trace, bind, (insert Q/DQ), optimize, save and check one graph; `qdq` is a quantization plan."""
-    model = trace(spec, configs, precision)
-    bind_weights(model, spec, source, store, precision, extras, transform=qdq.for_key if qdq else None)
-    optimize(model)
-    if qdq is not None:  # after optimizing, which would fold small dequantized weights back to floats
-        from qiedge.quantization.onnx_qdq import insert_qdq
+def _trace(job: GraphJob) -> None:
+    job.graph = trace(job.spec, job.configs, job.precision)
 
-        insert_qdq(model, spec.key_prefix, qdq, torch.empty(0, dtype=precision).numpy().dtype)
-    path = store.folder / spec.file
-    save_and_check(model, path, spec, configs)
-    return path
+
+def _check_interface(job: GraphJob) -> None:
+    """The traced graph takes and returns exactly what the spec declares."""
+    graph = job.graph.graph
+    declared = ([t.name for t in job.spec.inputs], [t.name for t in job.spec.outputs])
+    if ([v.name for v in graph.inputs], [v.name for v in graph.outputs]) != declared:
+        raise ExportError(f"{job.spec.name}: traced inputs/outputs differ from the spec's {declared}")
+
+
+def _bind(job: GraphJob) -> None:
+    store = job.shared.setdefault("weights", WeightStore(job.folder))
+    job.folder.mkdir(exist_ok=True)
+    bind_weights(job.graph, job.spec, job.source, store, job.precision, job.extras, transform=job.weight_transform)
+
+
+def _check_bound(job: GraphJob) -> None:
+    unbound = [name for name, value in job.graph.graph.initializers.items() if value.const_value is None]
+    if unbound:
+        raise ExportError(f"{job.spec.name}: weights without data: {', '.join(unbound[:5])}")
+
+
+def _optimize(job: GraphJob) -> None:
+    optimize(job.graph)
+
+
+def _save(job: GraphJob) -> None:
+    job.path = job.folder / f"{job.spec.stem}.onnx"
+    save_and_check(job.graph, job.path, job.spec, job.configs)
+
+
+class OnnxTarget:
+    """ONNX graphs with external weights, shared by the graphs of one folder. Passes (Q/DQ
+    insertion) run after the graph is optimized, which would otherwise fold small dequantized
+    weights back into floats."""
+
+    name = "onnx"
+    tools = ("torch", "onnx", "onnxscript", "onnxruntime", "transformers")
+
+    def stages(self, passes) -> list[Stage]:
+        return [
+            Stage("trace", _trace, _check_interface),
+            Stage("bind weights", _bind, _check_bound),
+            Stage("optimize", _optimize),
+            *passes,
+            Stage("save and check", _save),
+        ]
+
+    def entry(self, job: GraphJob) -> dict:
+        return {"opset": OPSET}
+
+    def files(self, path: Path) -> list[Path]:
+        return [path, path.parent / WEIGHTS_FILE]
+
+
+TARGET = OnnxTarget()

@@ -1,5 +1,5 @@
-"""`qiedge export --target onnx`: every component of a model (or a preset, with deterministic
-stand-in weights) to an artifacts directory with its manifest.
+"""`qiedge export`: every component of a model (or a preset, with deterministic stand-in weights)
+through one target's stages to an artifacts directory with its manifest.
 
 Written through `staged_directory`, so a failed or interrupted export never leaves a
 half-written artifacts directory.
@@ -10,25 +10,23 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from qiedge.reference_model.files import sha256_file, staged_directory
+from qiedge.core.artifacts import FORMAT_VERSION, MANIFEST
+from qiedge.core.files import sha256_file, staged_directory
 from qiedge.reference_model.model_dir import ModelDir
 from qiedge.reference_model.presets import Preset, config_dict
-from qiedge.runtime.artifacts import FORMAT_VERSION, MANIFEST
 
 import qiedge
 
-from . import onnx as onnx_export
 from .sources import CheckpointSource, RandomSource
 from .specs import SPECS, ModelConfigs, declared_shape
-
-QDQ_OPSET = {"int8": 19, "fp8": 19, "int4": 21}  # fp16 and float8 Q/DQ types need opset 19, blocked int4 DQ 21
+from .stages import GraphJob, Pass, Target, run_stages
+from .targets import get_target
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
-TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "transformers")
 TOKENIZER = "tokenizer/tokenizer.json"
 
 
@@ -62,26 +60,29 @@ def _write_tokenizer(folder: Path, model: ModelDir | None) -> None:
         build_tokenizer().backend_tokenizer.save(str(target))
 
 
-def _tool_versions() -> dict[str, str]:
-    return {name: importlib.metadata.version(name) for name in TOOLS}
+def _tool_versions(tools: tuple[str, ...]) -> dict[str, str]:
+    return {name: importlib.metadata.version(name) for name in tools}
 
 
-def export_onnx(
+def export_artifacts(
     out: str | Path,
+    target: str = "onnx",
     precision: str = "fp32",
     model: ModelDir | None = None,
     preset: Preset | None = None,
     seed: int = 0,
     components: list[str] | None = None,
+    passes: Sequence[Pass] = (),
+    extra: dict | None = None,
     on_component: Callable[[str, float], None] | None = None,
-    qdq=None,
-    quantization: dict | None = None,
 ) -> dict:
-    """Export, check, hash; returns the manifest written to `out/manifest.json`.
+    """Every component through the target's stages, checked and hashed; returns the manifest
+    written to `out/manifest.json`.
 
-    With a Q/DQ plan (`qiedge quantize`), the transformer graphs are quantized as it says and
-    `quantization` (recipe, scales hash, accuracy) goes into the manifest.
+    `passes` are rewrites from outside the target (quantization's Q/DQ insertion), each for the
+    components it applies to; `extra` goes into the manifest's top level (the quantization record).
     """
+    chosen = get_target(target)
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     names = components or list(SPECS)
@@ -90,36 +91,29 @@ def export_onnx(
         raise ValueError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(SPECS)}")
     configs = model_configs(model, preset)
     with staged_directory(Path(out)) as tmp:
-        stores, entries = {}, {}
+        shared, entries = {}, {}
         for name in names:
             spec = SPECS[name]
             start = time.perf_counter()
-            store = stores.setdefault(spec.folder, onnx_export.WeightStore(tmp / spec.folder))
-            store.folder.mkdir(exist_ok=True)
-            plan = qdq if spec.weights == "transformer" else None
-            path = onnx_export.export_component(
+            applied = [p for p in passes if p.applies_to(spec)]
+            job = GraphJob(
                 spec,
                 configs,
                 _source(spec, model, configs, seed),
                 PRECISIONS[precision],
-                store,
+                tmp / spec.folder,
                 spec.constants(configs),
-                plan,
+                shared.setdefault(spec.folder, {}),
+                [p.weights for p in applied if p.weights is not None],
             )
-            entries[name] = _entry(spec, configs, path.relative_to(tmp), precision)
-            if plan is not None:
-                entries[name].update(
-                    precision=quantization["format"],
-                    opset=QDQ_OPSET[quantization["format"]],
-                    quantization={k: quantization[k] for k in ("format", "scales_hash")}
-                    | {"recipe": quantization["recipe"]["name"]},
-                )
+            run_stages(job, chosen.stages(applied))
+            entries[name] = _entry(spec, configs, job.path.relative_to(tmp), precision) | chosen.entry(job)
+            for p in applied:
+                entries[name].update(p.entry)
             if on_component:
                 on_component(name, time.perf_counter() - start)
         _write_tokenizer(tmp, model)
-        manifest = _manifest(tmp, entries, configs, model, preset, precision, seed)
-        if quantization is not None:
-            manifest.update(precision=quantization["format"], quantization=quantization)
+        manifest = _manifest(tmp, chosen, entries, configs, model, preset, precision, seed) | (extra or {})
         (tmp / MANIFEST).write_text(_dumps(manifest))
     return manifest
 
@@ -138,15 +132,15 @@ def _entry(spec, configs: ModelConfigs, graph: Path, precision: str) -> dict:
         "outputs": tensors(spec.outputs),
         "precision": precision,
         "quantization": None,
-        "opset": onnx_export.OPSET,
         "parity": None,
     }
 
 
-def _manifest(root: Path, entries: dict, configs: ModelConfigs, model, preset, precision: str, seed: int) -> dict:
+def _manifest(
+    root: Path, target: Target, entries: dict, configs: ModelConfigs, model, preset, precision: str, seed: int
+) -> dict:
     for entry in entries.values():
-        graph = root / entry["graph"]
-        files = [graph, graph.parent / onnx_export.WEIGHTS_FILE]
+        files = target.files(root / entry["graph"])
         entry["files"] = {f.relative_to(root).as_posix(): sha256_file(f) for f in files}
     source = (
         {"model": str(model.path), "model_hash": model.fingerprint()}
@@ -157,7 +151,7 @@ def _manifest(root: Path, entries: dict, configs: ModelConfigs, model, preset, p
     return {
         "format_version": FORMAT_VERSION,
         "qiedge_version": qiedge.__version__,
-        "target": "onnx",
+        "target": target.name,
         "precision": precision,
         "source": source,
         "model": {
@@ -171,7 +165,7 @@ def _manifest(root: Path, entries: dict, configs: ModelConfigs, model, preset, p
             else (list(preset.sample_sigmas) if preset is not None and preset.sample_sigmas else None),
             "tokenizer": TOKENIZER,
         },
-        "tools": _tool_versions(),
+        "tools": _tool_versions(target.tools),
         "notes": [
             "condition_encoder is Qwen3-VL's text path only: the vision tower (editing) runs on the torch backend"
         ],
@@ -180,7 +174,7 @@ def _manifest(root: Path, entries: dict, configs: ModelConfigs, model, preset, p
 
 
 def _default_scheduler():
-    from qiedge.reference_model.scheduler import SchedulerConfig
+    from qiedge.core.scheduler import SchedulerConfig
 
     return SchedulerConfig()
 

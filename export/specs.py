@@ -1,58 +1,44 @@
-"""Each exported graph declared as data: inputs and outputs with symbolic dims, how to build the
-wrapper, where its weights come from, and sizes to trace with. One model-agnostic mechanism per
-target (ONNX, later Core ML and TensorRT) reads these.
+"""Each exported graph declared as data: its contract (core/contract.py: inputs and outputs with
+symbolic dims), how to build the wrapper, where its weights come from, and its parity cases.
+One model-agnostic mechanism per target (ONNX, later Core ML and TensorRT) reads these.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from qiedge.core.contract import CONTRACTS, DIMS, FLOAT, TensorSpec
 from qiedge.reference_model.presets import TransformerConfig, VAEConfig
 from torch import nn
 
-from . import wrappers
-
-# Dtype "float" follows the graph's precision; the others are fixed.
-FLOAT = "float"
-
-# Symbolic dims: (min, max) for the exporter, and a distinct trace-time size for each, so no two
-# dims are ever mistaken for one another while tracing.
-DIMS = {
-    "batch": (1, 64, 2),
-    "tokens": (2, 8192, 19),  # encoder tokens (template + prompt + image slots)
-    "text": (1, 8192, 11),  # encoder tokens after the system prompt is dropped
-    "cond": (0, 16384, 8),  # condition-image latent tokens (0 for text-to-image)
-    "prefix": (1, 24576, 13),  # text + condition tokens of the joint sequence
-    "target": (4, 16384, 24),  # target image tokens, (H/16) * (W/16)
-    "latent_height": (2, 128, 4),
-    "latent_width": (2, 128, 6),
-}
-PIXELS_PER_LATENT = 16
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str  # FLOAT, "float32", "int64" or "bool"
-    shape: tuple[str | int, ...]  # dim names from DIMS (or "16*name"), or fixed sizes
+from . import cases, wrappers
 
 
 @dataclass(frozen=True)
 class ComponentSpec:
     name: str  # the manifest's key
     folder: str  # artifacts subfolder; graphs in one folder share its weights file
-    file: str
+    stem: str  # the file name without the target's suffix (model.onnx, model.mlpackage, ...)
     weights: str  # the model directory's component folder the weights come from
     key_prefix: str  # wrapper parameter name = key_prefix + checkpoint key
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
     wrapper: Callable[[nn.Module], nn.Module]  # graph module around the reference component
     reference: Callable[[ModelConfigs], nn.Module]  # a fresh reference component (no weights loaded)
+    cases: Callable[[cases.CaseContext], Iterator[cases.Case]]  # fresh parity inputs at several sizes
+    # The component whose outputs this one consumes (the step graph's K/V come from the prefix graph).
+    cache_from: str | None = None
     # Tensors the reference computes from its config (buffers, not checkpoint weights).
     constants: Callable[[ModelConfigs], dict[str, np.ndarray]] = lambda configs: {}
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return CONTRACTS[self.name].inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return CONTRACTS[self.name].outputs
 
     def build(self, configs: ModelConfigs) -> nn.Module:
         return self.wrapper(self.reference(configs))
@@ -60,6 +46,9 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class ModelConfigs:
+    """What the graph wrappers are built from, whether the model is a ModelDir (real weights) or a
+    Preset (stand-in weights): the encoder as transformers' config dict, which a Preset does not hold."""
+
     transformer: TransformerConfig
     vae: VAEConfig
     encoder: dict  # transformers' Qwen3VLConfig as a dict
@@ -104,109 +93,71 @@ def _rotary_constants(configs: ModelConfigs) -> dict[str, np.ndarray]:
     return {f"model.language_model.rotary_emb.{name}": b.numpy() for name, b in rotary.named_buffers()}
 
 
-KV = ("layers", "batch", "heads", "prefix", "head_dim")
-PREFIX_INPUTS = (
-    TensorSpec("text", FLOAT, ("batch", "text", "context")),
-    TensorSpec("cond_latents", FLOAT, ("batch", "cond", "channels")),
-    TensorSpec("prefix_gather", "int64", ("prefix",)),
-    TensorSpec("segment_ids", "int64", ("prefix",)),
-    TensorSpec("key_valid", "bool", ("batch", "prefix")),
-)
-STEP_INPUTS = (
-    TensorSpec("latents", FLOAT, ("batch", "target", "channels")),
-    TensorSpec("timestep", "float32", ("batch",)),
-)
-VELOCITY = (TensorSpec("velocity", FLOAT, ("batch", "target", "channels")),)
-
-
-def _rope(prefix: str, length: str) -> tuple[TensorSpec, ...]:
-    """Host-computed RoPE tables for `length` positions, fp32 at every precision."""
-    return (
-        TensorSpec(f"{prefix}rope_cos", "float32", (length, "half_head")),
-        TensorSpec(f"{prefix}rope_sin", "float32", (length, "half_head")),
-    )
-
-
 SPECS = {
     spec.name: spec
     for spec in (
         ComponentSpec(
             name="condition_encoder",
             folder="condition_encoder",
-            file="model.onnx",
+            stem="model",
             weights="text_encoder",
             key_prefix="",
-            inputs=(
-                TensorSpec("input_ids", "int64", ("batch", "tokens")),
-                TensorSpec("attention_mask", "int64", ("batch", "tokens")),
-                TensorSpec("position_ids", "int64", (3, "batch", "tokens")),
-            ),
-            outputs=(TensorSpec("hidden_states", FLOAT, ("batch", "tokens", "context")),),
             wrapper=wrappers.ConditionEncoderGraph,
             reference=_vl_model,
+            cases=cases.encoder,
             constants=_rotary_constants,
         ),
         ComponentSpec(
             name="transformer_prefix",
             folder="transformer",
-            file="prefix.onnx",
+            stem="prefix",
             weights="transformer",
             key_prefix="transformer.",
-            inputs=PREFIX_INPUTS + _rope("", "prefix"),
-            outputs=(TensorSpec("past_keys", FLOAT, KV), TensorSpec("past_values", FLOAT, KV)),
             wrapper=wrappers.TransformerPrefixGraph,
             reference=_transformer,
+            cases=cases.transformer_prefix,
         ),
         ComponentSpec(
             name="transformer_step",
             folder="transformer",
-            file="step.onnx",
+            stem="step",
             weights="transformer",
             key_prefix="transformer.",
-            inputs=STEP_INPUTS
-            + (
-                TensorSpec("past_keys", FLOAT, KV),
-                TensorSpec("past_values", FLOAT, KV),
-                TensorSpec("key_valid", "bool", ("batch", "prefix")),
-            )
-            + _rope("", "target"),
-            outputs=VELOCITY,
             wrapper=wrappers.TransformerStepGraph,
             reference=_transformer,
+            cases=cases.transformer_step,
+            cache_from="transformer_prefix",
         ),
         ComponentSpec(
             name="transformer",
             folder="transformer",
-            file="model.onnx",
+            stem="model",
             weights="transformer",
             key_prefix="transformer.",
-            inputs=STEP_INPUTS + PREFIX_INPUTS + _rope("prefix_", "prefix") + _rope("target_", "target"),
-            outputs=VELOCITY,
             wrapper=wrappers.TransformerGraph,
             reference=_transformer,
+            cases=cases.transformer,
         ),
         ComponentSpec(
             name="vae_encoder",
             folder="vae_encoder",
-            file="model.onnx",
+            stem="model",
             weights="vae",
             key_prefix="vae.",
-            inputs=(TensorSpec("image", FLOAT, ("batch", "image_channels", "16*latent_height", "16*latent_width")),),
-            outputs=(TensorSpec("latents", FLOAT, ("batch", "channels", "latent_height", "latent_width")),),
             wrapper=wrappers.VaeEncoderGraph,
             reference=_vae,
+            cases=cases.vae_encoder,
             constants=_vae_constants,
         ),
         ComponentSpec(
             name="vae_decoder",
             folder="vae_decoder",
-            file="model.onnx",
+            stem="model",
             weights="vae",
             key_prefix="vae.",
-            inputs=(TensorSpec("latents", FLOAT, ("batch", "channels", "latent_height", "latent_width")),),
-            outputs=(TensorSpec("image", FLOAT, ("batch", "image_channels", "16*latent_height", "16*latent_width")),),
             wrapper=wrappers.VaeDecoderGraph,
             reference=_vae,
+            cases=cases.vae_decoder,
             constants=_vae_constants,
         ),
     )
@@ -257,16 +208,16 @@ def trace_inputs(spec: ComponentSpec, configs: ModelConfigs, precision: torch.dt
     for t in spec.inputs:
         shape = [trace_size(d, configs) for d in t.shape]
         dtype = torch_dtype(t.dtype, precision)
-        if t.name == "prefix_gather":
+        if t.example == "gather":  # rows of cat(text, condition latents)
             high = DIMS["text"][2] + DIMS["cond"][2]
             value = torch.from_numpy(rng.integers(0, high, shape))
-        elif t.name == "segment_ids":
+        elif t.example == "segments":  # text, one image block, text
             value = torch.from_numpy(np.repeat([-1, 0, -1], [3, shape[0] - 5, 2]))
-        elif t.name in ("input_ids",):
+        elif t.example == "token_ids":
             value = torch.from_numpy(rng.integers(0, 200, shape))
-        elif t.name == "position_ids":
+        elif t.example == "positions":
             value = torch.arange(shape[-1]).expand(*shape)
-        elif dtype == torch.bool or t.name == "attention_mask":
+        elif t.example == "ones" or dtype == torch.bool:
             value = torch.ones(shape, dtype=dtype)
         else:
             value = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(dtype)

@@ -8,7 +8,7 @@ import torch
 from qiedge.reference_model import presets
 from qiedge.reference_model.model_dir import ModelDir, init_model_dir
 
-FP32_REL_L2 = 1e-5  # DESIGN.md: fp32 graphs vs reference, per component
+FP32_REL_L2 = 1e-5  # the project's bound for fp32 graphs vs the reference, per component
 
 
 def rel_l2(actual, expected) -> float:
@@ -50,8 +50,8 @@ def _no_grad():
 
 @pytest.fixture(scope="session")
 def onnx_fp32(tiny_dir, tmp_path_factory):
-    from qiedge.export.run import export_onnx
+    from qiedge.export.run import export_artifacts
 
     out = tmp_path_factory.mktemp("artifacts") / "fp32"
-    export_onnx(out, "fp32", model=ModelDir.open(tiny_dir))
+    export_artifacts(out, precision="fp32", model=ModelDir.open(tiny_dir))
     return out

@@ -27,9 +27,11 @@ def test_torch_backend_draws_the_prompt(torch_adherence):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_onnx_artifacts_keep_adherence(precision, torch_adherence, tmp_path):
-    from qiedge.export.run import export_onnx
+    from qiedge.export.run import export_artifacts
 
-    export_onnx(tmp_path / precision, precision, model=ModelDir.open(demo_model_dir()), components=SAMPLED)
+    export_artifacts(
+        tmp_path / precision, precision=precision, model=ModelDir.open(demo_model_dir()), components=SAMPLED
+    )
     report = evaluate(open_runtime(artifacts=tmp_path / precision), PROMPTS)
     for attribute, value in torch_adherence.items():
         assert abs(report["adherence"][attribute] - value) <= 0.02, attribute

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from qiedge.runtime.evaluate import psnr
+from qiedge.core.metrics import psnr
 from qiedge.runtime.hardware import detect
 from qiedge.runtime.runner import open_runtime
 from qiedge.runtime.sampler import Request, generate

@@ -8,10 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-from qiedge.parity_tests.checks import Comparison, run_parity, transformer_cases
+from qiedge.core.artifacts import ArtifactError, Artifacts
+from qiedge.core.metrics import Comparison
+from qiedge.export.cases import PREFIX
+from qiedge.export.specs import SPECS
+from qiedge.parity.checks import case_context, run_parity
 from qiedge.reference_model.model_dir import ModelDir
-from qiedge.runtime.artifacts import ArtifactError, Artifacts
-from qiedge.runtime.backends import OnnxRuntimeBackend
+from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +37,9 @@ def test_fp32_every_component_and_whole_images(onnx_fp32, tiny_dir):
 
 
 def test_fp16_images_within_35_db(tiny_dir, tmp_path):
-    from qiedge.export.run import export_onnx
+    from qiedge.export.run import export_artifacts
 
-    export_onnx(tmp_path / "fp16", "fp16", model=ModelDir.open(tiny_dir))
+    export_artifacts(tmp_path / "fp16", precision="fp16", model=ModelDir.open(tiny_dir))
     report = run_parity(tmp_path / "fp16", tiny_dir)
     assert report["passed"], report["failures"]
     assert min(c["psnr_db"] for c in report["end_to_end"]["cases"]) >= 35
@@ -45,13 +48,9 @@ def test_fp16_images_within_35_db(tiny_dir, tmp_path):
 def test_prefix_and_step_graphs_equal_the_one_shot_graph(onnx_fp32, tiny_dir):
     backend = OnnxRuntimeBackend(Artifacts.open(onnx_fp32))
     prefix, step, one_shot = (backend.load(n) for n in ("transformer_prefix", "transformer_step", "transformer"))
-    artifacts = Artifacts.open(onnx_fp32)
-    context = ModelDir.open(tiny_dir).transformer.context_in_dim
-    for (_, whole), (_, feeds) in zip(
-        transformer_cases(artifacts.facts, context, "transformer"),
-        transformer_cases(artifacts.facts, context, "transformer_step"),
-    ):
-        cache = prefix.run(feeds.pop("prefix"))
+    context = case_context(Artifacts.open(onnx_fp32), ModelDir.open(tiny_dir))
+    for (_, whole), (_, feeds) in zip(SPECS["transformer"].cases(context), SPECS["transformer_step"].cases(context)):
+        cache = prefix.run(feeds.pop(PREFIX))
         cached = step.run({**feeds, **cache})["velocity"]
         assert Comparison.of(cached, one_shot.run(whole)["velocity"]).rel_l2 <= 1e-5
 
@@ -92,7 +91,7 @@ def test_generate_from_artifacts_never_imports_torch(onnx_fp32, tmp_path):
     out = tmp_path / "img.png"
     code = (
         "import sys\n"
-        "from qiedge.runtime.cli import main\n"
+        "from qiedge.cli import main\n"
         f"rc = main(['generate', 'a red circle', '--artifacts', {str(onnx_fp32)!r}, '--width', '64', '--height', '32',"
         f" '--out', {str(out)!r}, '--json'])\n"
         "assert rc == 0\n"
@@ -106,8 +105,8 @@ def test_generate_from_artifacts_never_imports_torch(onnx_fp32, tmp_path):
 
 def test_tokenizer_matches_transformers_processor(onnx_fp32, model):
     from PIL import Image
-    from qiedge.reference_model.prompt import chat_prompt
-    from qiedge.runtime.tokenizer import PromptTokenizer
+    from qiedge.core.prompt import chat_prompt
+    from qiedge.core.tokenizer import PromptTokenizer
 
     ours = PromptTokenizer(Artifacts.open(onnx_fp32).facts.tokenizer_json)
     processor = model.load_condition_encoder().processor

@@ -1,5 +1,5 @@
 """INT8 / FP8 (and weight-only INT4) transformer: the Q/DQ ONNX graph computes what the fake-quant
-model computes, and on the trained demo checkpoint INT8 and FP8 keep the image (DESIGN.md's bounds)."""
+model computes, and on the trained demo checkpoint INT8 and FP8 keep the image (cosine >= 0.99, PSNR >= 30 dB)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qiedge.parity_tests.checks import Comparison, cached_step_velocities, transformer_cases
+from qiedge.core.artifacts import Artifacts
+from qiedge.core.metrics import Comparison
+from qiedge.export.cases import PREFIX
+from qiedge.export.specs import SPECS
+from qiedge.parity.checks import cached_step_velocities, case_context
 from qiedge.quantization.accuracy import torch_sessions
 from qiedge.quantization.calibrate import calibrate
 from qiedge.quantization.fake_quant import quantize_transformer
 from qiedge.quantization.recipe import Recipe
 from qiedge.quantization.run import quantize
 from qiedge.runtime import ort_int8
-from qiedge.runtime.artifacts import Artifacts
-from qiedge.runtime.backends import OnnxRuntimeBackend
+from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
 from qiedge.runtime.evaluate import prompt_set
 from qiedge.runtime.hardware import detect
 
@@ -74,8 +77,8 @@ def _quantize_every_block(fmt, tiny_dir, model, out) -> Quantized:
     fake = quantize_transformer(model.load_transformer(), recipe, calibration, record["layers_quantized"])
     torch_prefix, torch_step = torch_sessions(fake)
     cases = []
-    for _, feeds in transformer_cases(Artifacts.open(out).facts, model.transformer.context_in_dim, "transformer_step"):
-        prefix = feeds.pop("prefix")
+    for _, feeds in SPECS["transformer_step"].cases(case_context(Artifacts.open(out), model)):
+        prefix = feeds.pop(PREFIX)
         cases.append((prefix, feeds, torch_step.run({**feeds, **torch_prefix.run(prefix)})["velocity"]))
     return Quantized(out, record, cases)
 
@@ -111,11 +114,11 @@ def test_qdq_graph_equals_the_fake_quant_model(fmt, quantized, model):
 # built without the remedy, so the test shows both what saturation does and that it is avoided.
 EMULATED = """
 import sys, json, numpy as np
-from qiedge.parity_tests.checks import cached_step_velocities
+from qiedge.parity.checks import cached_step_velocities
 from qiedge.runtime import ort_int8
 from qiedge.runtime import ort_int8
-from qiedge.runtime.artifacts import Artifacts
-from qiedge.runtime.backends import OnnxRuntimeBackend
+from qiedge.core.artifacts import Artifacts
+from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
 from qiedge.runtime.evaluate import prompt_set
 from qiedge.runtime.hardware import detect
 backend, data = OnnxRuntimeBackend(Artifacts.open(sys.argv[1])), np.load(sys.argv[2])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from qiedge.reference_model.layout import build_layout, rope_tables
+from qiedge.core.layout import build_layout, rope_tables
 
 from .conftest import FP32_REL_L2, rel_l2
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from qiedge.core.metrics import Comparison, psnr, ssim
 from qiedge.export.specs import SPECS
-from qiedge.parity_tests.checks import Comparison
 from qiedge.runtime.adherence import adherence
-from qiedge.runtime.backends import TorchSession
-from qiedge.runtime.evaluate import psnr, ssim
+from qiedge.runtime.backends.pytorch import TorchSession
 from qiedge.runtime.runner import open_runtime
 from qiedge.runtime.sampler import Request, Sessions, generate, to_uint8
 
@@ -25,28 +24,28 @@ def torch_sessions(transformer) -> tuple[TorchSession, TorchSession]:
 
 
 class PairedPrefix:
-    """Runs the fp32 and quantized prefix on the same feeds; returns fp32's, keeps the other."""
+    """Runs the fp32 and quantized prefix on the same feeds; returns both caches, the quantized
+    one under `quantized_*` names, which the sampler hands to every step with the rest."""
 
     def __init__(self, reference, quantized):
-        self.reference, self.quantized, self.caches = reference, quantized, {}
+        self.reference, self.quantized = reference, quantized
 
     def run(self, feeds):
-        out = self.reference.run(feeds)
-        self.caches[id(out["past_keys"])] = self.quantized.run(feeds)
-        return out
+        quantized = self.quantized.run(feeds)
+        return {**self.reference.run(feeds), **{f"quantized_{k}": v for k, v in quantized.items()}}
 
 
 class PairedStep:
     """Follows the fp32 trajectory; at every step also runs the quantized model on the same
     latents (with its own K/V) and records how far its velocity is from fp32's."""
 
-    def __init__(self, reference, quantized, prefix: PairedPrefix):
-        self.reference, self.quantized, self.prefix = reference, quantized, prefix
+    def __init__(self, reference, quantized):
+        self.reference, self.quantized = reference, quantized
         self.steps: list[tuple[float, float]] = []
 
     def run(self, feeds):
         expected = self.reference.run(feeds)["velocity"]
-        cache = self.prefix.caches[id(feeds["past_keys"])]
+        cache = {k.removeprefix("quantized_"): v for k, v in feeds.items() if k.startswith("quantized_")}
         actual = self.quantized.run({**feeds, **cache})["velocity"]
         figures = Comparison.of(actual, expected)
         self.steps.append((figures.cosine, figures.rel_l2))
@@ -82,8 +81,7 @@ class Judge:
         self.fp32_adherence = _adherence_or_none(self.fp32_images, evaluation.prompts)
 
     def _sessions(self, prefix, step) -> Sessions:
-        s = self.runtime.sessions
-        return Sessions(encode=s.encode, prefix=prefix, step=step, vae_decoder=s.vae_decoder, vae_encoder=s.vae_encoder)
+        return self.runtime.sessions.replacing(transformer_prefix=prefix, transformer_step=step)
 
     def images(self, transformer) -> np.ndarray:
         prefix, step = torch_sessions(transformer)
@@ -94,7 +92,7 @@ class Judge:
         ref_prefix, ref_step = torch_sessions(self.reference)
         q_prefix, q_step = torch_sessions(transformer)
         paired_prefix = PairedPrefix(ref_prefix, q_prefix)
-        paired = PairedStep(ref_step, q_step, paired_prefix)
+        paired = PairedStep(ref_step, q_step)
         sessions = self._sessions(paired_prefix, paired)
         for request in self.evaluation.requests:
             generate(request, self.runtime.facts, sessions)
@@ -124,7 +122,7 @@ class Judge:
         ref_prefix, ref_step = torch_sessions(self.reference)
         q_prefix, q_step = torch_sessions(transformer)
         paired_prefix = PairedPrefix(ref_prefix, q_prefix)
-        paired = PairedStep(ref_step, q_step, paired_prefix)
+        paired = PairedStep(ref_step, q_step)
         generate(request, self.runtime.facts, self._sessions(paired_prefix, paired))
         return paired.steps[-1][1]
 

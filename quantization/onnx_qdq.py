@@ -16,7 +16,7 @@ import functools
 
 import numpy as np
 import torch
-from qiedge.export.run import QDQ_OPSET
+from qiedge.export.stages import Pass
 
 from .scales import LayerQuant
 
@@ -31,22 +31,59 @@ def _numpy(q: torch.Tensor, fmt: str) -> np.ndarray:
     return q.numpy()
 
 
+QDQ_OPSET = {"int8": 19, "fp8": 19, "int4": 21}  # fp16 and float8 Q/DQ types need opset 19, blocked int4 DQ 21
+
+
 class QdqPlan:
-    """Which checkpoint weights are quantized, and how."""
+    """Which checkpoint weights are quantized, and how; the weight scales, recorded as each
+    weight streams through `for_key`, are what `insert` writes beside it."""
 
     def __init__(self, quants: dict[str, LayerQuant], fmt: str):
         self.quants = {f"{name}.weight": q for name, q in quants.items()}
         self.fmt = fmt
+        self.weight_scales: dict[str, np.ndarray] = {}
+
+    @property
+    def opset(self) -> int:
+        return QDQ_OPSET[self.fmt]
 
     def for_key(self, key: str):
-        """For a planned key, the function from its fp32 [out, in] weight to the quantized one
-        (which also sets that layer's weight scales for `insert_qdq`)."""
+        """For a planned key, the function from its fp32 [out, in] weight to the quantized one."""
         quant = self.quants.get(key)
         if quant is None:
             return None
-        return lambda array: _numpy(
-            quant.weight(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), self.fmt), self.fmt
-        )
+
+        def quantize(array: np.ndarray) -> np.ndarray:
+            quantized = quant.quantize(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), self.fmt)
+            self.weight_scales[key] = quantized.scale
+            return _numpy(quantized.values, self.fmt)
+
+        return quantize
+
+    def insert(self, model, key_prefix: str, float_dtype=np.float32) -> int:
+        return insert_qdq(model, key_prefix, self, float_dtype)
+
+    def as_pass(self, record: dict) -> Pass:
+        """The export pass: quantize the transformer's planned weights as they stream, put Q/DQ
+        around their MatMuls, and record the format, opset, recipe and scales in the manifest."""
+        entry = {
+            "precision": self.fmt,
+            "opset": self.opset,
+            "quantization": {
+                "format": self.fmt,
+                "scales_hash": record["scales_hash"],
+                "recipe": record["recipe"]["name"],
+            },
+        }
+        return Pass("insert Q/DQ", self._insert_pass, applies_to=_is_transformer, weights=self.for_key, entry=entry)
+
+    def _insert_pass(self, job) -> None:
+        if not self.insert(job.graph, job.spec.key_prefix, torch.empty(0, dtype=job.precision).numpy().dtype):
+            raise ValueError("no planned layer feeds a MatMul in this graph")
+
+
+def _is_transformer(spec) -> bool:
+    return spec.weights == "transformer"
 
 
 def _zero_point(fmt: str):
@@ -76,9 +113,11 @@ def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) ->
     graph = model.graph
     count = 0
     for name, weight in list(graph.initializers.items()):
-        quant = plan.quants.get(name.removeprefix(key_prefix))
+        key = name.removeprefix(key_prefix)
+        quant = plan.quants.get(key)
         if quant is None:
             continue
+        weight_scale = plan.weight_scales[key]
         uses = list(weight.uses())
         if len(uses) != 1 or uses[0].node.op_type != "MatMul" or uses[0].idx != 1:
             raise ValueError(f"{name}: expected to feed one MatMul's weight input")
@@ -89,7 +128,7 @@ def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) ->
             # Weight-only INT4: blocks of G input channels (axis 0 of the stored [in, out]) share a scale.
             w_dq = ir.node(
                 "DequantizeLinear",
-                [weight, const("w_scale", quant.weight_scale.T.astype(float_dtype).copy())],
+                [weight, const("w_scale", weight_scale.T.astype(float_dtype).copy())],
                 attributes={"axis": 0, "block_size": quant.group},
             )
             graph.insert_before(matmul, [w_dq])
@@ -98,13 +137,13 @@ def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) ->
             continue
         zp = _zero_point(plan.fmt)
         axis = 1 if quant.granularity == "per-channel" else None
-        w_scale = quant.weight_scale.astype(float_dtype)
+        w_scale = weight_scale.astype(float_dtype)
         w_dq = ir.node(
             "DequantizeLinear",
             [
                 weight,
                 const("w_scale", w_scale if axis else w_scale[0]),
-                const("w_zero_point", np.zeros(quant.weight_scale.size, zp.dtype) if axis else zp),
+                const("w_zero_point", np.zeros(weight_scale.size, zp.dtype) if axis else zp),
             ],
             attributes={"axis": 1} if axis else {},
         )
@@ -120,5 +159,5 @@ def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) ->
         matmul.replace_input_with(0, nodes[-1].outputs[0])
         matmul.replace_input_with(1, w_dq.outputs[0])
         count += 1
-    model.opset_imports[""] = QDQ_OPSET[plan.fmt]
+    model.opset_imports[""] = plan.opset
     return count

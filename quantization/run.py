@@ -33,12 +33,11 @@ ONNXRUNTIME_INT8 = {
 }
 
 
-def scales_digest(quants: dict, fmt: str, weights: dict) -> str:
+def scales_digest(quants: dict) -> str:
     """sha256 over every layer's smoothing, activation scale and weight scales."""
     h = hashlib.sha256()
     for name in sorted(quants):
         q = quants[name]
-        q.weight(weights[f"{name}.weight"].detach(), fmt)
         h.update(name.encode() + q.weight_scale.tobytes() + str(q.act_scale).encode())  # act_scale None: weight-only
         if q.smooth is not None:
             h.update(q.smooth.tobytes())
@@ -80,7 +79,7 @@ def quantize(
     components: list[str] | None = None,
     log=print,
 ) -> dict:
-    from qiedge.export.run import export_onnx
+    from qiedge.export.run import export_artifacts
 
     model = ModelDir.open(model_path)
     if recipe.activations != "none":
@@ -118,14 +117,14 @@ def quantize(
         "layers_high_precision": [n for n in all_layers if n not in layers],
         "calibration": calibration.settings if calibration else None,
         "calibration_hash": calibration.digest() if calibration else None,
-        "scales_hash": scales_digest(quants, recipe.format, weights),
+        "scales_hash": scales_digest(quants),
         "accuracy": accuracy,
         **({"onnxruntime_int8": ONNXRUNTIME_INT8} if recipe.format == "int8" else {}),
     }
     log("exporting Q/DQ graphs")
-    export_onnx(
-        out, "fp32", model=model, components=components, qdq=QdqPlan(quants, recipe.format), quantization=record
-    )
+    plan = QdqPlan(quants, recipe.format)
+    extra = {"precision": recipe.format, "quantization": record}
+    export_artifacts(out, model=model, components=components, passes=[plan.as_pass(record)], extra=extra)
     (Path(out) / "recipe.json").write_text(recipe.to_json())
     if report_dir is not None:
         from .report import write_report

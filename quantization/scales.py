@@ -4,7 +4,7 @@ and the ONNX Q/DQ graphs, so both compute exactly the same thing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -13,44 +13,65 @@ from .calibrate import Calibration
 from .recipe import QMAX, Recipe
 
 
-@dataclass
+@dataclass(frozen=True)
+class QuantizedWeight:
+    values: torch.Tensor  # [out, in]: int8 holding int8/int4 values, or float8_e4m3fn
+    scale: np.ndarray  # [out], [1] or [out, in/G], float32
+
+
+@dataclass(frozen=True)
 class LayerQuant:
     smooth: np.ndarray | None  # [in]: x is divided by it, the weight's columns multiplied
     act_scale: float | None  # None: weight-only
     granularity: str = "per-channel"  # per-channel, per-tensor or group:G
-    weight_scale: np.ndarray | None = None  # [out], [1] or [out, in/G]; set from the weight by `weight()`
+    # [out], [1] or [out, in/G]: computed once from the weight by `layer_quant`; None where the
+    # weight is not at hand when the plan is made (the 7B export), so it comes from the weight as it streams.
+    weight_scale: np.ndarray | None = None
 
     @property
     def group(self) -> int | None:
         return int(self.granularity.split(":")[1]) if self.granularity.startswith("group:") else None
 
-    def weight(self, w: torch.Tensor, fmt: str) -> torch.Tensor:
-        """The quantized weight [out, in] (int8 holding int8/int4 values, or float8_e4m3fn);
-        records its scales."""
+    def smoothed(self, w: torch.Tensor) -> torch.Tensor:
         w = w.detach().float()
-        w = w * torch.from_numpy(self.smooth)[None] if self.smooth is not None else w
+        return w * torch.from_numpy(self.smooth)[None] if self.smooth is not None else w
+
+    def scale_of(self, w: torch.Tensor, fmt: str) -> np.ndarray:
+        """The weight scales of a smoothed weight [out, in]."""
         if self.group:
-            blocks = w.unflatten(1, (-1, self.group))  # [out, in/G, G]
-            scale = blocks.abs().amax(-1).clamp(min=1e-8) / QMAX[fmt]
-            self.weight_scale = scale.numpy().astype(np.float32)
-            return (blocks / scale[..., None]).round().clamp(-8, 7).flatten(1).to(torch.int8)
-        w_max = w.abs().amax(1) if self.granularity == "per-channel" else w.abs().amax().reshape(1)
-        self.weight_scale = (w_max.clamp(min=1e-8) / QMAX[fmt]).numpy().astype(np.float32)
-        q = w / torch.from_numpy(self.weight_scale)[:, None]
+            w_max = w.unflatten(1, (-1, self.group)).abs().amax(-1)  # [out, in/G]
+        else:
+            w_max = w.abs().amax(1) if self.granularity == "per-channel" else w.abs().amax().reshape(1)
+        return (w_max.clamp(min=1e-8) / QMAX[fmt]).numpy().astype(np.float32)
+
+    def quantize(self, w: torch.Tensor, fmt: str) -> QuantizedWeight:
+        """The weight [out, in] quantized, and the scales it was quantized with."""
+        w = self.smoothed(w)
+        scale = self.weight_scale if self.weight_scale is not None else self.scale_of(w, fmt)
+        if self.group:
+            blocks = w.unflatten(1, (-1, self.group)) / torch.from_numpy(scale)[..., None]  # [out, in/G, G]
+            return QuantizedWeight(blocks.round().clamp(-8, 7).flatten(1).to(torch.int8), scale)
+        q = w / torch.from_numpy(scale)[:, None]
         if fmt == "int8":
-            return q.round().clamp(-127, 127).to(torch.int8)
-        return q.clamp(-QMAX["fp8"], QMAX["fp8"]).to(torch.float8_e4m3fn)
+            return QuantizedWeight(q.round().clamp(-127, 127).to(torch.int8), scale)
+        return QuantizedWeight(q.clamp(-QMAX["fp8"], QMAX["fp8"]).to(torch.float8_e4m3fn), scale)
 
     def dequantized(self, w: torch.Tensor, fmt: str) -> torch.Tensor:
         """The weight the quantized graph multiplies by: [out, in] float."""
-        q = self.weight(w, fmt).float()
-        scale = torch.from_numpy(self.weight_scale)
+        quantized = self.quantize(w, fmt)
+        q, scale = quantized.values.float(), torch.from_numpy(quantized.scale)
         if self.group:
             return (q.unflatten(1, (-1, self.group)) * scale[..., None]).flatten(1)
         return q * scale[:, None]
 
 
 def layer_quant(name: str, weight: torch.Tensor, calibration: Calibration | None, recipe: Recipe) -> LayerQuant:
+    """One layer's quantization from its weight, its calibration statistics and the recipe."""
+    quant = _activation_quant(name, weight, calibration, recipe)
+    return replace(quant, weight_scale=quant.scale_of(quant.smoothed(weight), recipe.format))
+
+
+def _activation_quant(name: str, weight: torch.Tensor, calibration: Calibration | None, recipe: Recipe) -> LayerQuant:
     if recipe.activations == "none":
         return LayerQuant(smooth=None, act_scale=None, granularity=f"group:{recipe.group_size}")
     stats = calibration.layers[name]
@@ -63,7 +84,6 @@ def layer_quant(name: str, weight: torch.Tensor, calibration: Calibration | None
         w_col = w.abs().amax(0).clamp(min=1e-5).numpy()
         x_col = np.maximum(stats.channel_absmax, 1e-5)
         smooth = (x_col**a / w_col ** (1 - a)).astype(np.float32)
-        w = w * torch.from_numpy(smooth)[None]
     if recipe.percentile is not None:
         if smooth is not None:
             raise ValueError("percentile calibration is for recipes without SmoothQuant")

@@ -1,3 +1,2 @@
 """The PyTorch reference: every Qwen-Image-2 component, state-dict compatible with diffusers and
-transformers. Import submodules directly; this package imports nothing heavy on its own, so the
-torch-free runtime can use `layout` and `scheduler`."""
+transformers. Import submodules directly; this package imports nothing heavy on its own."""

@@ -14,9 +14,8 @@ import contextlib
 
 import torch
 from PIL import Image
+from qiedge.core.prompt import MAX_PROMPT_TOKENS, SYSTEM_PROMPT, EncodedPrompt, chat_prompt, strip_prompt
 from torch import nn
-
-from .prompt import MAX_PROMPT_TOKENS, SYSTEM_PROMPT, EncodedPrompt, chat_prompt, strip_prompt
 
 
 @contextlib.contextmanager

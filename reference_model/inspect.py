@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import torch
+from qiedge.core.units import PIXELS_PER_TOKEN
 from torch import nn
 
 from .model_dir import ModelDir
@@ -17,7 +18,6 @@ from .transformer import QwenImage2Transformer
 from .vae import QwenImage2VAE
 
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "fp8": 1}
-PIXELS_PER_TOKEN = 16
 
 
 def count(module: nn.Module) -> int:

@@ -14,10 +14,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from qiedge.core.files import sha256_file, staged_directory
+from qiedge.core.scheduler import SchedulerConfig
+
 from . import presets
-from .files import sha256_file, staged_directory
 from .presets import EncoderConfig, Preset, TransformerConfig, VAEConfig
-from .scheduler import SchedulerConfig
 
 DIFFUSERS_VERSION = "0.42.1"
 COMPONENTS = ("transformer", "vae", "text_encoder", "processor", "scheduler")
@@ -52,6 +53,9 @@ def demo_model_dir() -> Path:
 
 @dataclass(frozen=True)
 class ModelDir:
+    """A model on disk in diffusers' layout: its configs, and where its weights are (loaded only
+    on request). The runtime's torch backends and the export's weight sources read it."""
+
     path: Path
     transformer: TransformerConfig
     vae: VAEConfig

@@ -92,20 +92,18 @@ class EncoderConfig:
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
 
-    @property
-    def hidden_size(self) -> int:
-        return self.text_config["hidden_size"]
-
 
 @dataclass(frozen=True)
 class Preset:
+    """A named model to build: configs only, no files (`qiedge init` writes it as a ModelDir,
+    `export --preset` streams stand-in weights for it)."""
+
     name: str
     transformer: TransformerConfig
     vae: VAEConfig
     encoder: EncoderConfig
     # Distilled sampling grid (before the scheduler's shift); None means the 40-step schedule.
     sample_sigmas: tuple[float, ...] | None
-    default_size: int
 
 
 def config_dict(config) -> dict[str, Any]:
@@ -328,7 +326,6 @@ TINY = Preset(
     vae=VAEConfig(base_dim=8, decoder_base_dim=12),
     encoder=_small_encoder(hidden=64, layers=2, heads=2, kv_heads=1, head_dim=32, vision_hidden=32),
     sample_sigmas=(1.0, 0.75, 0.5, 0.25),
-    default_size=128,
 )
 
 # The trained demo checkpoint's size (training/train_demo.py): big enough to draw the scenes of
@@ -341,7 +338,6 @@ DEMO = Preset(
     vae=VAEConfig(base_dim=12, decoder_base_dim=16),
     encoder=TINY.encoder,
     sample_sigmas=(1.0, 0.75, 0.5, 0.25),
-    default_size=128,
 )
 
 SMALL = Preset(
@@ -350,7 +346,6 @@ SMALL = Preset(
     vae=VAEConfig(base_dim=16, decoder_base_dim=24),
     encoder=_small_encoder(hidden=256, layers=4, heads=4, kv_heads=2, head_dim=64, vision_hidden=64),
     sample_sigmas=(1.0, 0.75, 0.5, 0.25),
-    default_size=512,
 )
 
 QWEN_IMAGE_2_7B = Preset(
@@ -389,7 +384,6 @@ QWEN_IMAGE_2_7B = Preset(
         },
     ),
     sample_sigmas=None,
-    default_size=1024,
 )
 
 PRESETS = {p.name: p for p in (TINY, DEMO, SMALL, QWEN_IMAGE_2_7B)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-from qiedge.reference_model.scenes import COLORS, POSITIONS, Scene, parse_prompt
+from qiedge.core.scenes import COLORS, POSITIONS, Scene, parse_prompt
 
 PALETTE = np.array(list(COLORS.values()), dtype=np.float32)
 NAMES = list(COLORS)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .backends import REGISTRY
 from .hardware import Cpu
 
-# name -> (compiled by inductor with frozen weights, matrix work in bf16 under autocast)
-TORCH_PATHS = {"torch": (False, False), "torch-compile": (True, False), "torch-bf16": (True, True)}
-BACKENDS = ("auto", *TORCH_PATHS, "onnxruntime")
+BACKENDS = ("auto", *REGISTRY)
 
 # Below this many transformer FLOPs a job runs in a few seconds eager on two cores, less than
 # inductor takes to compile (the tiny and demo models at any size; `small` at 512 px is 1e12).

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qiedge.reference_model.scenes import sample_scene
+from qiedge.core.metrics import psnr, ssim
+from qiedge.core.scenes import sample_scene
 
 from .adherence import adherence
 from .sampler import Request, generate, to_uint8
@@ -34,31 +35,6 @@ def render_all(runtime, prompts: list[str], size: int, seed: int, batch: int = 8
         if on_batch:
             on_batch(min(i + batch, len(prompts)), len(prompts))
     return np.concatenate(images)
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    """PSNR in dB; `peak` is the largest pixel value (255 for uint8, 1.0 for float images)."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
-
-
-def ssim(a: np.ndarray, b: np.ndarray, window: int = 8) -> float:
-    """Mean SSIM over non-overlapping window x window tiles of every channel (uint8 images)."""
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    n, h, w, c = a.shape
-
-    def tiles(x):
-        return (
-            x[:, : h - h % window, : w - w % window]
-            .astype(np.float64)
-            .reshape(n, h // window, window, w // window, window, c)
-        )
-
-    x, y = tiles(a), tiles(b)
-    mx, my = x.mean((2, 4)), y.mean((2, 4))
-    vx, vy = x.var((2, 4)), y.var((2, 4))
-    cov = ((x - mx[:, :, None, :, None]) * (y - my[:, :, None, :, None])).mean((2, 4))
-    return float(np.mean((2 * mx * my + c1) * (2 * cov + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))))
 
 
 def evaluate(runtime, prompts: list[str], size: int = 256, seed: int = 0, against=None, on_batch=None) -> dict:

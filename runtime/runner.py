@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qiedge.core.artifacts import Artifacts, ModelFacts
+from qiedge.core.units import PIXELS_PER_TOKEN
+
 from . import auto, ort_int8
-from .artifacts import Artifacts, ModelFacts
-from .auto import BACKENDS, TORCH_PATHS
-from .backends import Backend, OnnxRuntimeBackend
+from .auto import BACKENDS
+from .backends import Backend, open_backend
 from .hardware import detect
-from .sampler import PIXELS_PER_TOKEN, GraphPromptEncoder, Request, Sessions, schedule_for
-from .tokenizer import PromptTokenizer
+from .sampler import TEXT_TO_IMAGE, Request, Sessions, schedule_for
 
 
 @dataclass
@@ -23,12 +24,6 @@ class Runtime:
     backend: Backend  # the transformer's and VAE's
     choice: auto.Choice  # which backend runs them, and why
     warnings: list[str] = field(default_factory=list)
-
-
-def _torch_backend(model, name: str):
-    from .backends import TorchBackend
-
-    return TorchBackend(model, name)
 
 
 def _job_flop(model_dir, facts: ModelFacts, request: Request | None) -> float:
@@ -75,29 +70,17 @@ def open_runtime(
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     model_dir = ModelDir.open(model) if model else None
     store = Artifacts.open(artifacts) if artifacts else None
-    if backend == "onnxruntime" and store is None:
-        raise ValueError("the onnxruntime backend runs exported graphs: pass --artifacts ART")
-    if model_dir is None and (backend in TORCH_PATHS or encoder_backend == "torch"):
-        raise ValueError("the torch backends run the reference: pass --model DIR")
-
+    if model_dir is None and store is None:
+        raise ValueError("pass --model DIR or --artifacts ART")
     facts = store.facts if store else ModelFacts.from_model_dir(model_dir)
     choice = _choose(backend, model_dir, store, facts, request)
     warning = auto.bf16_warning(detect()) if choice.backend == "torch-bf16" else None
-    if choice.backend == "onnxruntime":
-        main: Backend = OnnxRuntimeBackend(store, threads)
-    else:
-        main = _torch_backend(model_dir, choice.backend)
-    if (encoder_backend or choice.backend) in TORCH_PATHS:
-        encode = model_dir.load_condition_encoder()  # transformers' processor + model: text and images
-    else:
-        encode = GraphPromptEncoder(PromptTokenizer(facts.tokenizer_json), main.load("condition_encoder"))
-    sessions = Sessions(
-        encode=encode,
-        prefix=main.load("transformer_prefix"),
-        step=main.load("transformer_step"),
-        vae_decoder=main.load("vae_decoder"),
-        vae_encoder=lambda: main.load("vae_encoder"),
-    )
+    main = open_backend(choice.backend, model_dir, store, threads)
+    encoder = main if encoder_backend in (None, choice.backend) else open_backend(encoder_backend, model_dir, store)
+    encode = encoder.prompt_encoder(facts)
+    sessions = Sessions(encode, main.load)
+    for component in TEXT_TO_IMAGE:  # verified and loaded now, so a bad artifact fails before sampling
+        sessions[component]
     source, source_hash = (
         (str(store.path), store.manifest["source"]["model_hash"])
         if store

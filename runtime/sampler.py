@@ -8,23 +8,21 @@ NumPy by `noise.torch_randn`), so the same weights, prompt and seed give diffuse
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
-from qiedge.reference_model.layout import build_layout, rope_tables
-from qiedge.reference_model.prompt import EncodedPrompt, strip_prompt
-from qiedge.reference_model.scheduler import model_timesteps, sigma_schedule
+from qiedge.core.artifacts import ModelFacts
+from qiedge.core.layout import build_layout, transformer_feeds
+from qiedge.core.noise import torch_randn
+from qiedge.core.prompt import EncodedPrompt, strip_prompt
+from qiedge.core.scheduler import model_timesteps, sigma_schedule
+from qiedge.core.tokenizer import PromptTokenizer
+from qiedge.core.units import MAX_SIDE, PIXELS_PER_SLOT, PIXELS_PER_TOKEN
 
-from .artifacts import ModelFacts
 from .backends import Session
-from .noise import torch_randn
-from .tokenizer import PromptTokenizer
 
-PIXELS_PER_TOKEN = 16  # VAE compression
-SIZE_MULTIPLE = 32  # one encoder image slot covers 2x2 latent tokens
-MAX_SIDE = 2048
 DEFAULT_STEPS = 40
 
 
@@ -42,10 +40,10 @@ class Request:
 
     def validate(self) -> None:
         for name, value in (("width", self.width), ("height", self.height)):
-            if value % SIZE_MULTIPLE or not SIZE_MULTIPLE <= value <= MAX_SIDE:
+            if value % PIXELS_PER_SLOT or not PIXELS_PER_SLOT <= value <= MAX_SIDE:
                 raise ValueError(
-                    f"{name} {value} must be a multiple of {SIZE_MULTIPLE} between "
-                    f"{SIZE_MULTIPLE} and {MAX_SIDE} (one encoder image slot covers 32x32 px)"
+                    f"{name} {value} must be a multiple of {PIXELS_PER_SLOT} between {PIXELS_PER_SLOT} and "
+                    f"{MAX_SIDE} (one encoder image slot covers {PIXELS_PER_SLOT}x{PIXELS_PER_SLOT} px)"
                 )
         if not self.prompts:
             raise ValueError("need at least one prompt")
@@ -63,7 +61,10 @@ def condition_size(image: Image.Image, resolution: int) -> tuple[int, int]:
     """(width, height) of about resolution^2 pixels at the image's aspect ratio, multiples of 32."""
     ratio = image.width / image.height
     width = math.sqrt(resolution * resolution * ratio)
-    return round(width / 32) * 32, round(width / ratio / 32) * 32
+    return (
+        round(width / PIXELS_PER_SLOT) * PIXELS_PER_SLOT,
+        round(width / ratio / PIXELS_PER_SLOT) * PIXELS_PER_SLOT,
+    )
 
 
 def resize_condition(image: Image.Image, resolution: int) -> Image.Image:
@@ -124,13 +125,33 @@ class GraphPromptEncoder:
         )
 
 
+# The graphs every text-to-image run needs (editing adds the VAE encoder).
+TEXT_TO_IMAGE = ("transformer_prefix", "transformer_step", "vae_decoder")
+
+
 @dataclass
-class Sessions:
+class Sessions(Mapping[str, Session]):
+    """Component name -> session, each loaded from the backend on first use, and the prompt
+    encoder. A new component is one spec and one key, not a new field."""
+
     encode: Callable[[list[str], list[Image.Image]], EncodedPrompt]
-    prefix: Session
-    step: Session
-    vae_decoder: Session
-    vae_encoder: Callable[[], Session]  # loaded only when editing
+    load: Callable[[str], Session]
+    loaded: dict[str, Session] = field(default_factory=dict)
+
+    def __getitem__(self, component: str) -> Session:
+        if component not in self.loaded:
+            self.loaded[component] = self.load(component)
+        return self.loaded[component]
+
+    def __iter__(self):
+        return iter(self.loaded)
+
+    def __len__(self) -> int:
+        return len(self.loaded)
+
+    def replacing(self, **sessions: Session) -> Sessions:
+        """The same sessions with some components run elsewhere (a quantized model, a timer)."""
+        return Sessions(self.encode, self.load, {**self.loaded, **sessions})
 
 
 def generate(
@@ -151,16 +172,15 @@ def generate(
 
     latents = pack(torch_randn((batch, 1, facts.latent_channels, h, w), request.seed)[:, 0])  # [B, h*w, C]
     sigmas = schedule_for(facts, h * w, request.steps)
+    step = sessions["transformer_step"]
     for i, t in enumerate(model_timesteps(sigmas)):
         timestep = np.full(batch, t, dtype=np.float32)
-        velocity = [
-            sessions.step.run({"latents": latents, "timestep": timestep, **branch})["velocity"] for branch in branches
-        ]
+        velocity = [step.run({"latents": latents, "timestep": timestep, **branch})["velocity"] for branch in branches]
         v = velocity[0] if len(velocity) == 1 else velocity[1] + np.float32(request.cfg) * (velocity[0] - velocity[1])
         latents = (latents + (sigmas[i + 1] - sigmas[i]) * v).astype(np.float32)
         if on_step:
             on_step(i + 1, len(sigmas) - 1)
-    image = sessions.vae_decoder.run({"latents": unpack(latents, h, w)})["image"]
+    image = sessions["vae_decoder"].run({"latents": unpack(latents, h, w)})["image"]
     return np.clip(image / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
 
 
@@ -168,31 +188,14 @@ def _encode_images(sessions: Sessions, images: list[Image.Image], batch: int, ch
     """Condition images' normalised latents, packed and concatenated: [B, S_cond, C]."""
     if not images:
         return np.zeros((batch, 0, channels), dtype=np.float32)
-    encoder = sessions.vae_encoder()
+    encoder = sessions["vae_encoder"]
     tokens = [pack(encoder.run({"image": image_to_array(img)})["latents"]) for img in images]
     return np.repeat(np.concatenate(tokens, axis=1), batch, axis=0)
 
 
 def _prefix(sessions: Sessions, facts: ModelFacts, encoded: EncodedPrompt, cond_latents, shapes) -> dict:
-    """Everything `step` needs besides latents and timestep: cached K/V, key padding, target RoPE."""
+    """Everything `step` needs besides latents and timestep: key padding, target RoPE, and every
+    output of the prefix graph (its cached K/V)."""
     layout = build_layout(encoded.image_slots, encoded.mask, shapes)
-    cos, sin = rope_tables(layout.positions, facts.axes_dims_rope)
-    p = layout.prefix_len
-    cache = sessions.prefix.run(
-        {
-            "text": encoded.embeds,
-            "cond_latents": cond_latents,
-            "prefix_gather": layout.prefix_gather,
-            "segment_ids": layout.segment_ids,
-            "key_valid": layout.prefix_key_valid,
-            "rope_cos": cos[:p],
-            "rope_sin": sin[:p],
-        }
-    )
-    return {
-        "past_keys": cache["past_keys"],
-        "past_values": cache["past_values"],
-        "key_valid": layout.prefix_key_valid,
-        "rope_cos": cos[p:],
-        "rope_sin": sin[p:],
-    }
+    feeds = transformer_feeds(layout, facts.axes_dims_rope, encoded.embeds, cond_latents)
+    return {**sessions["transformer_prefix"].run(feeds.prefix), **feeds.step}

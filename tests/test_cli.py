@@ -14,7 +14,7 @@ from qiedge.reference_model.model_dir import init_model_dir
 
 
 def qiedge(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "qiedge.runtime.cli", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "qiedge.cli", *args], capture_output=True, text=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +158,8 @@ def test_export_preset_with_stand_in_weights(tmp_path):
     assert manifest["components"]["vae_decoder"]["parity"] is None  # nothing to compare stand-ins against
 
     import numpy as np
-    from qiedge.runtime.artifacts import Artifacts
-    from qiedge.runtime.backends import OnnxRuntimeBackend
+    from qiedge.core.artifacts import Artifacts
+    from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
 
     session = OnnxRuntimeBackend(Artifacts.open(out)).load("vae_decoder")
     image = session.run({"latents": np.zeros((1, 64, 2, 4), np.float32)})["image"]

@@ -92,9 +92,9 @@ def test_runtime_reports_its_choice(tiny_dir, monkeypatch):
 
 
 def test_job_size_counts_parameters_tokens_steps_and_images(tiny_dir):
+    from qiedge.core.artifacts import ModelFacts
     from qiedge.reference_model.model_dir import ModelDir
     from qiedge.reference_model.weights import parameter_count
-    from qiedge.runtime.artifacts import ModelFacts
     from qiedge.runtime.runner import _job_flop
     from qiedge.runtime.sampler import Request
 
@@ -108,7 +108,7 @@ def test_job_size_counts_parameters_tokens_steps_and_images(tiny_dir):
 
 def test_inspect_hardware_reports_this_machine():
     result = subprocess.run(
-        [sys.executable, "-m", "qiedge.runtime.cli", "inspect", "--hardware", "--json"], capture_output=True, text=True
+        [sys.executable, "-m", "qiedge.cli", "inspect", "--hardware", "--json"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

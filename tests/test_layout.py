@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from qiedge.reference_model.layout import build_layout, rope_tables
+from qiedge.core.layout import build_layout, rope_tables
 
 
 def test_text_then_target_positions_and_padding():
@@ -39,7 +39,7 @@ def test_rope_tables_refuse_positions_outside_the_model():
 
 def test_rope_inverse_frequencies_match_torch():
     torch = pytest.importorskip("torch")
-    from qiedge.reference_model.layout import rope_inverse_frequencies
+    from qiedge.core.layout import rope_inverse_frequencies
 
     for dim in (8, 12, 16, 56):
         expected = 1.0 / torch.pow(10000, torch.arange(0, dim, 2).to(torch.float32).div(dim))

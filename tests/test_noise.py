@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from qiedge.runtime.noise import torch_randn
+from qiedge.core.noise import torch_randn
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@ import itertools
 
 import numpy as np
 import pytest
-from qiedge.reference_model.scenes import (
+from qiedge.core.metrics import psnr, ssim
+from qiedge.core.scenes import (
     COLORS,
     POSITIONS,
     SHAPES,
@@ -14,7 +15,7 @@ from qiedge.reference_model.scenes import (
     sample_scene,
 )
 from qiedge.runtime.adherence import adherence, check
-from qiedge.runtime.evaluate import prompt_set, psnr, ssim
+from qiedge.runtime.evaluate import prompt_set
 
 
 def test_prompts_round_trip_and_splits_are_disjoint():

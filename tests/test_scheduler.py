@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from qiedge.reference_model.scheduler import SchedulerConfig, model_timesteps, sigma_schedule
+from qiedge.core.scheduler import SchedulerConfig, model_timesteps, sigma_schedule
 
 
 def test_spec_example_1024px_50_steps():

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 from PIL import Image, ImageDraw
+from qiedge.core.scenes import parse_prompt, render
 from qiedge.reference_model.model_dir import demo_model_dir
-from qiedge.reference_model.scenes import parse_prompt, render
 from qiedge.runtime.evaluate import prompt_set
 from qiedge.runtime.runner import open_runtime
 from qiedge.runtime.sampler import Request, generate, to_uint8

@@ -1,5 +1,5 @@
 """Train the demo checkpoint: a demo-sized Qwen-Image-2 that draws the scenes of
-`reference_model/scenes.py` from their prompts in 4 steps.
+`core/scenes.py` from their prompts in 4 steps.
 
     python training/train_demo.py --out reference_model/checkpoints/demo [--work training/.work]
 
@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from qiedge.core.files import staged_directory
+from qiedge.core.layout import build_layout, rope_tables
+from qiedge.core.scenes import render, sample_scene
+from qiedge.core.scheduler import sigma_schedule
+from qiedge.core.units import PIXELS_PER_TOKEN
 from qiedge.reference_model import presets
-from qiedge.reference_model.files import staged_directory
-from qiedge.reference_model.layout import build_layout, rope_tables
 from qiedge.reference_model.model_dir import ModelDir, init_model_dir
-from qiedge.reference_model.scenes import render, sample_scene
-from qiedge.reference_model.scheduler import sigma_schedule
 from qiedge.reference_model.weights import save
 from qiedge.runtime.sampler import image_to_array, pack
 
@@ -181,7 +182,7 @@ def train_transformer(model: ModelDir, vae, work: Path, text_steps: int, steps: 
         prompts, images = batch_images(rng, size, 16 if size == 128 else 4)
         rows, x0 = condition(prompts, images, size)
         text, mask = pad_text(rows)
-        h = w = size // 16
+        h = w = size // PIXELS_PER_TOKEN
         layout = build_layout(np.zeros(text.shape[1], dtype=bool), mask, [(1, h, w)])
         cos, sin = (torch.from_numpy(t) for t in rope_tables(layout.positions, axes))
         x0 = pack(x0.numpy())

@@ -1,65 +1,14 @@
-"""One Backend protocol: `load(component) -> Session`, `Session.run(feeds) -> outputs`.
-
-Sessions take and return NumPy arrays named as in the export specs, whatever runs them, so the
-sampler and the parity checks serve every backend. Each component may use a different backend.
-"""
+"""The torch backends: the PyTorch reference behind the same sessions, straight from a model
+directory; eager fp32, compiled fp32, or compiled with bf16 matrix work."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 
-from . import ort_int8
-from .artifacts import Artifacts
-from .auto import TORCH_PATHS
+from . import Session
 
-
-class Session(Protocol):
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-
-class Backend(Protocol):
-    name: str
-
-    def load(self, component: str) -> Session: ...
-
-
-class OnnxRuntimeSession:
-    def __init__(self, session):
-        self.session = session
-        self.input_types = {i.name: i.type for i in session.get_inputs()}
-        self.output_names = [o.name for o in session.get_outputs()]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # fp16 graphs take fp16 floats; everything comes back as fp32 for the host.
-        cast = {
-            n: v.astype(np.float16) if self.input_types[n] == "tensor(float16)" and v.dtype == np.float32 else v
-            for n, v in feeds.items()
-            if n in self.input_types
-        }
-        outputs = self.session.run(self.output_names, cast)
-        return {n: o.astype(np.float32) if o.dtype == np.float16 else o for n, o in zip(self.output_names, outputs)}
-
-
-class OnnxRuntimeBackend:
-    name = "onnxruntime"
-
-    def __init__(self, artifacts: Artifacts, threads: int | None = None, providers: list[str] | None = None):
-        self.artifacts, self.threads = artifacts, threads
-        self.providers = providers or ["CPUExecutionProvider"]
-
-    def load(self, component: str) -> Session:
-        import onnxruntime as ort
-
-        path = self.artifacts.verify(component)
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        options.log_severity_level = 3
-        for key, value in ort_int8.session_config(self.artifacts.component(component)["precision"]).items():
-            options.add_session_config_entry(key, value)
-        return OnnxRuntimeSession(ort.InferenceSession(str(path), options, providers=self.providers))
+# name -> (compiled by inductor with frozen weights, matrix work in bf16 under autocast)
+PATHS = {"torch": (False, False), "torch-compile": (True, False), "torch-bf16": (True, True)}
 
 
 class TorchSession:
@@ -90,10 +39,10 @@ class TorchBackend:
     """
 
     def __init__(self, model, name: str = "torch"):
-        if name not in TORCH_PATHS:
-            raise ValueError(f"unknown torch path {name!r}; choose one of {', '.join(TORCH_PATHS)}")
+        if name not in PATHS:
+            raise ValueError(f"unknown torch path {name!r}; choose one of {', '.join(PATHS)}")
         self.model, self.name = model, name
-        self.compiled, self.autocast = TORCH_PATHS[name]
+        self.compiled, self.autocast = PATHS[name]
         self._modules = {}
 
     def reference(self, weights: str):
@@ -107,6 +56,10 @@ class TorchBackend:
             self._modules[weights] = load()
         return self._modules[weights]
 
+    def prompt_encoder(self, facts):
+        """transformers' processor and model: text and condition images."""
+        return self.model.load_condition_encoder()
+
     def load(self, component: str) -> Session:
         import torch
         from qiedge.export.specs import SPECS
@@ -119,3 +72,7 @@ class TorchBackend:
             inductor.freezing = True
             module = torch.compile(module, dynamic=False)
         return TorchSession(module, spec, autocast=self.autocast)
+
+
+def open(name: str, model, artifacts, threads: int | None) -> TorchBackend:
+    return TorchBackend(model, name)

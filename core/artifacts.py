@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from qiedge.reference_model.files import sha256_file
-from qiedge.reference_model.scheduler import SchedulerConfig
+from qiedge.core.files import sha256_file
+from qiedge.core.scheduler import SchedulerConfig
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -24,7 +24,8 @@ class ArtifactError(ValueError):
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What the sampling loop needs to know about a model, wherever it comes from."""
+    """What the sampling loop needs to know about a model, wherever it comes from: a ModelDir or
+    an artifacts manifest. Torch-free, unlike the configs the other three model types carry."""
 
     axes_dims_rope: tuple[int, ...]
     latent_channels: int

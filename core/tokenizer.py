@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from qiedge.reference_model.prompt import IMAGE_PAD, MAX_PROMPT_TOKENS, chat_prompt, system_message
-
-PIXELS_PER_SLOT = 32
+from qiedge.core.prompt import IMAGE_PAD, MAX_PROMPT_TOKENS, chat_prompt, system_message
+from qiedge.core.units import PIXELS_PER_SLOT
 
 
 @dataclass

@@ -1,12 +1,8 @@
-"""`qiedge`: one entry point. Thin: parses, calls the library, prints one line per failure.
-
-Nothing heavy is imported at module level, so `qiedge --help` is instant and the torch-free
-commands stay torch-free.
-"""
+"""The commands behind `qiedge`: each parses nothing, calls the library, and prints its result
+(or JSON). Heavy imports stay inside them, so the torch-free commands stay torch-free."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -46,10 +42,12 @@ def cmd_generate(args) -> None:
     import time
 
     from PIL import Image
+
+    from qiedge.core.units import PIXELS_PER_TOKEN
     from qiedge.runtime.images import save_png
     from qiedge.runtime.progress import step_progress
     from qiedge.runtime.runner import open_runtime
-    from qiedge.runtime.sampler import PIXELS_PER_TOKEN, Request, generate, schedule_for, to_uint8
+    from qiedge.runtime.sampler import Request, generate, schedule_for, to_uint8
 
     request = Request(
         prompts=[args.prompt] * args.batch,
@@ -104,14 +102,14 @@ def cmd_generate(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from qiedge.export.targets import get_target
     from qiedge.reference_model import presets
     from qiedge.reference_model.model_dir import ModelDir
 
-    if args.target != "onnx":
-        raise ValueError(f"target {args.target} is not built yet; onnx is")
+    get_target(args.target)  # an unbuilt target is refused before anything loads
     if bool(args.model) == bool(args.preset):
         raise ValueError("export needs exactly one of --model DIR or --preset P")
-    from qiedge.export.run import export_onnx
+    from qiedge.export.run import export_artifacts
 
     model = ModelDir.open(args.model) if args.model else None
     preset = presets.get_preset(args.preset) if args.preset else None
@@ -120,8 +118,15 @@ def cmd_export(args) -> None:
     def report(name, seconds):
         return args.json or print(f"exported {name} in {seconds:.1f} s", file=sys.stderr)
 
-    manifest = export_onnx(
-        args.out, args.precision, model=model, preset=preset, seed=args.seed, components=components, on_component=report
+    manifest = export_artifacts(
+        args.out,
+        args.target,
+        args.precision,
+        model=model,
+        preset=preset,
+        seed=args.seed,
+        components=components,
+        on_component=report,
     )
     if model is not None and not args.no_parity:
         manifest = _record_parity(Path(args.out), model.path)
@@ -133,8 +138,8 @@ def cmd_export(args) -> None:
 
 def _record_parity(out: Path, model: Path) -> dict:
     """Measure each component against the reference and write the figures into the manifest."""
-    from qiedge.parity_tests.checks import run_parity
-    from qiedge.runtime.artifacts import update_manifest
+    from qiedge.core.artifacts import update_manifest
+    from qiedge.parity.checks import run_parity
 
     report = run_parity(out, model, end_to_end=False)
 
@@ -152,7 +157,7 @@ def _record_parity(out: Path, model: Path) -> dict:
 
 
 def cmd_parity(args) -> None:
-    from qiedge.parity_tests.checks import run_parity
+    from qiedge.parity.checks import run_parity
 
     report = run_parity(args.artifacts, args.model, end_to_end=not args.no_end_to_end)
     if args.json:
@@ -286,129 +291,3 @@ def _inspect_hardware(args) -> None:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from qiedge.runtime.auto import BACKENDS  # stdlib only: --help stays instant
-
-    parser = argparse.ArgumentParser(prog="qiedge", description="Qwen-Image-2 for phones, Macs and edge GPUs.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("init", help="write a model directory with deterministic random weights")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_init)
-
-    p = sub.add_parser("generate", help="text-to-image, or editing with --image")
-    p.add_argument("prompt")
-    p.add_argument("--model", help="model directory (default: the built-in demo model, unless --artifacts)")
-    p.add_argument("--artifacts", help="exported artifacts directory")
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="auto (default): onnxruntime with --artifacts, else the fastest torch path for this CPU "
-        "(torch-bf16 where bf16 is native, torch-compile where it is emulated, eager torch for small jobs)",
-    )
-    p.add_argument(
-        "--encoder-backend",
-        choices=("torch", "onnxruntime"),
-        help="run the condition encoder elsewhere (editing needs torch: the vision tower is not exported)",
-    )
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
-    p.add_argument("--image", action="append", default=[], help="condition image for editing (repeatable)")
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--resolution", type=int, default=1024, help="condition images are resized to about this^2 px")
-    p.add_argument("--steps", type=int, help="default: the model's distilled grid, else 40")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=1, help="images per prompt")
-    p.add_argument("--cfg", type=float, default=1.0, help="guidance scale; > 1 needs --negative-prompt")
-    p.add_argument("--negative-prompt")
-    p.add_argument("--out", default="qiedge.png")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("export", help="export every component to an artifacts directory")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--model", help="model directory (weights streamed from its safetensors)")
-    source.add_argument("--preset", help="a preset with deterministic stand-in weights, e.g. qwen-image-2-7b")
-    p.add_argument("--target", choices=("onnx", "coreml", "tensorrt"), default="onnx")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
-    p.add_argument("--out", required=True)
-    p.add_argument("--components", help="comma-separated subset (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="stand-in weights' seed (with --preset)")
-    p.add_argument("--no-parity", action="store_true", help="skip measuring parity into the manifest")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("parity", help="check artifacts against the reference, per component and end to end")
-    p.add_argument("--artifacts", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--json", metavar="REPORT", help="write the full report as JSON to this file ('-': stdout)")
-    p.add_argument("--no-end-to-end", action="store_true")
-    p.set_defaults(func=cmd_parity)
-
-    p = sub.add_parser("eval", help="prompt adherence of the demo model (and PSNR/SSIM against another source)")
-    p.add_argument("--model")
-    p.add_argument("--artifacts")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--prompts", default="held-out", help="held-out, train, or a file with one prompt per line")
-    p.add_argument("--count", type=int, default=40)
-    p.add_argument(
-        "--size", type=int, default=256, help="the demo model is judged at 256 px (its VAE blurs 128 px scenes)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--against-model")
-    p.add_argument("--against-artifacts")
-    p.add_argument("--against-backend", choices=BACKENDS, default="auto")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser(
-        "quantize", help="INT8 / FP8 (or weight-only INT4) transformer: calibrate, measure, export Q/DQ ONNX"
-    )
-    p.add_argument("--model", help="model directory (default: the built-in demo model)")
-    p.add_argument("--format", choices=("int8", "fp8", "int4"), required=True, help="int4 is weight-only, per group")
-    p.add_argument("--recipe", help="recipe JSON (default: the shipped one for --format)")
-    p.add_argument("--calib-prompts", help="file of calibration prompts, one per line")
-    p.add_argument("--out", required=True)
-    p.add_argument("--report", help="write report.json and report.html here")
-    p.add_argument("--target-psnr", type=float, help="keep the most sensitive layers in high precision until reached")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_quantize)
-
-    p = sub.add_parser("inspect", help="components, parameters, memory per precision, token counts")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--preset", default="tiny")
-    source.add_argument("--model")
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--height", type=int, default=1024)
-    p.add_argument(
-        "--hardware",
-        action="store_true",
-        help="the CPU, what torch and onnxruntime make of it, and the path --backend auto picks here",
-    )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_inspect)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except Exception as e:  # one clear line per failure; the traceback only on request
-        if args.debug:
-            raise
-        print(f"qiedge {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

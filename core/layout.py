@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from qiedge.core.units import TOKENS_PER_SLOT
 
-TOKENS_PER_SLOT = 4  # one encoder image slot = 2x2 latent tokens of 16x16 px each
 ROPE_THETA = 10000
 ROPE_MAX_POSITION = 8192  # diffusers' tables cover positions [-1024, 8192)
 ROPE_MIN_POSITION = -1024
@@ -146,3 +146,42 @@ def rope_tables(positions: np.ndarray, axes_dims: tuple[int, ...]) -> tuple[np.n
         axis=1,
     )
     return np.cos(angles), np.sin(angles)
+
+
+@dataclass(frozen=True)
+class TransformerFeeds:
+    """A layout turned into graph inputs: the prefix graph's, and the step graph's besides latents,
+    timestep and the prefix's K/V."""
+
+    prefix: dict[str, np.ndarray]
+    step: dict[str, np.ndarray]
+
+    def one_shot(self) -> dict[str, np.ndarray]:
+        """The one-shot graph's inputs besides latents and timestep (no cache: both RoPE ranges)."""
+        feeds = {k: v for k, v in self.prefix.items() if not k.startswith("rope_")}
+        return {
+            **feeds,
+            "prefix_rope_cos": self.prefix["rope_cos"],
+            "prefix_rope_sin": self.prefix["rope_sin"],
+            "target_rope_cos": self.step["rope_cos"],
+            "target_rope_sin": self.step["rope_sin"],
+        }
+
+
+def transformer_feeds(
+    layout: Layout, axes_dims: tuple[int, ...], text: np.ndarray, cond_latents: np.ndarray
+) -> TransformerFeeds:
+    """text: [B, S_txt, context] encoder states; cond_latents: [B, S_cond, C] packed condition latents."""
+    cos, sin = rope_tables(layout.positions, axes_dims)
+    p = layout.prefix_len
+    prefix = {
+        "text": text,
+        "cond_latents": cond_latents,
+        "prefix_gather": layout.prefix_gather,
+        "segment_ids": layout.segment_ids,
+        "key_valid": layout.prefix_key_valid,
+        "rope_cos": cos[:p],
+        "rope_sin": sin[:p],
+    }
+    step = {"key_valid": layout.prefix_key_valid, "rope_cos": cos[p:], "rope_sin": sin[p:]}
+    return TransformerFeeds(prefix, step)

@@ -1,0 +1,119 @@
+"""`qiedge`'s arguments. The choices of backends and targets come from their registries, which
+load nothing to list them, so `qiedge --help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import commands as c
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qiedge.export.targets import TARGETS  # registries load their modules on use: --help stays instant
+    from qiedge.runtime.auto import BACKENDS
+
+    parser = argparse.ArgumentParser(prog="qiedge", description="Qwen-Image-2 for phones, Macs and edge GPUs.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="write a model directory with deterministic random weights")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=c.cmd_init)
+
+    p = sub.add_parser("generate", help="text-to-image, or editing with --image")
+    p.add_argument("prompt")
+    p.add_argument("--model", help="model directory (default: the built-in demo model, unless --artifacts)")
+    p.add_argument("--artifacts", help="exported artifacts directory")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto (default): onnxruntime with --artifacts, else the fastest torch path for this CPU "
+        "(torch-bf16 where bf16 is native, torch-compile where it is emulated, eager torch for small jobs)",
+    )
+    p.add_argument(
+        "--encoder-backend",
+        choices=("torch", "onnxruntime"),
+        help="run the condition encoder elsewhere (editing needs torch: the vision tower is not exported)",
+    )
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--image", action="append", default=[], help="condition image for editing (repeatable)")
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--resolution", type=int, default=1024, help="condition images are resized to about this^2 px")
+    p.add_argument("--steps", type=int, help="default: the model's distilled grid, else 40")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1, help="images per prompt")
+    p.add_argument("--cfg", type=float, default=1.0, help="guidance scale; > 1 needs --negative-prompt")
+    p.add_argument("--negative-prompt")
+    p.add_argument("--out", default="qiedge.png")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=c.cmd_generate)
+
+    p = sub.add_parser("export", help="export every component to an artifacts directory")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", help="model directory (weights streamed from its safetensors)")
+    source.add_argument("--preset", help="a preset with deterministic stand-in weights, e.g. qwen-image-2-7b")
+    p.add_argument("--target", default="onnx", help=f"built: {', '.join(TARGETS)} (Core ML and TensorRT are planned)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    p.add_argument("--out", required=True)
+    p.add_argument("--components", help="comma-separated subset (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="stand-in weights' seed (with --preset)")
+    p.add_argument("--no-parity", action="store_true", help="skip measuring parity into the manifest")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=c.cmd_export)
+
+    p = sub.add_parser("parity", help="check artifacts against the reference, per component and end to end")
+    p.add_argument("--artifacts", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--json", metavar="REPORT", help="write the full report as JSON to this file ('-': stdout)")
+    p.add_argument("--no-end-to-end", action="store_true")
+    p.set_defaults(func=c.cmd_parity)
+
+    p = sub.add_parser("eval", help="prompt adherence of the demo model (and PSNR/SSIM against another source)")
+    p.add_argument("--model")
+    p.add_argument("--artifacts")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--prompts", default="held-out", help="held-out, train, or a file with one prompt per line")
+    p.add_argument("--count", type=int, default=40)
+    p.add_argument(
+        "--size", type=int, default=256, help="the demo model is judged at 256 px (its VAE blurs 128 px scenes)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--against-model")
+    p.add_argument("--against-artifacts")
+    p.add_argument("--against-backend", choices=BACKENDS, default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=c.cmd_eval)
+
+    p = sub.add_parser(
+        "quantize", help="INT8 / FP8 (or weight-only INT4) transformer: calibrate, measure, export Q/DQ ONNX"
+    )
+    p.add_argument("--model", help="model directory (default: the built-in demo model)")
+    p.add_argument("--format", choices=("int8", "fp8", "int4"), required=True, help="int4 is weight-only, per group")
+    p.add_argument("--recipe", help="recipe JSON (default: the shipped one for --format)")
+    p.add_argument("--calib-prompts", help="file of calibration prompts, one per line")
+    p.add_argument("--out", required=True)
+    p.add_argument("--report", help="write report.json and report.html here")
+    p.add_argument("--target-psnr", type=float, help="keep the most sensitive layers in high precision until reached")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=c.cmd_quantize)
+
+    p = sub.add_parser("inspect", help="components, parameters, memory per precision, token counts")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--preset", default="tiny")
+    source.add_argument("--model")
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument(
+        "--hardware",
+        action="store_true",
+        help="the CPU, what torch and onnxruntime make of it, and the path --backend auto picks here",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=c.cmd_inspect)
+    return parser

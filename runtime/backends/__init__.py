@@ -1,0 +1,57 @@
+"""One Backend protocol: `load(component) -> Session`, `Session.run(feeds) -> outputs`, and the
+registry of backends by the name `--backend` takes.
+
+Sessions take and return NumPy arrays named as in the export specs, whatever runs them, so the
+sampler and the parity checks serve every backend. Each component may use a different backend.
+A new backend is one module here (its sessions, and `open(name, model, artifacts, threads)`) and
+one registry entry saying what it needs. Modules load on use: naming the backends imports nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+class Session(Protocol):
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def load(self, component: str) -> Session: ...
+
+    def prompt_encoder(self, facts): ...  # prompts (and condition images) -> EncodedPrompt
+
+
+@dataclass(frozen=True)
+class Entry:
+    module: str  # defines `open(name, model, artifacts, threads) -> Backend`
+    needs: str  # "model": a model directory (--model); "artifacts": exported graphs (--artifacts)
+
+
+NEEDS = {
+    "model": "runs the reference: pass --model DIR",
+    "artifacts": "runs exported graphs: pass --artifacts ART",
+}
+REGISTRY = {
+    "torch": Entry("qiedge.runtime.backends.pytorch", "model"),
+    "torch-compile": Entry("qiedge.runtime.backends.pytorch", "model"),
+    "torch-bf16": Entry("qiedge.runtime.backends.pytorch", "model"),
+    "onnxruntime": Entry("qiedge.runtime.backends.onnx_runtime", "artifacts"),
+}
+
+
+def open_backend(name: str, model=None, artifacts=None, threads: int | None = None) -> Backend:
+    """The backend `name` over a model directory and/or an artifacts store, as it needs."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(REGISTRY)}")
+    entry = REGISTRY[name]
+    if {"model": model, "artifacts": artifacts}[entry.needs] is None:
+        raise ValueError(f"the {name} backend {NEEDS[entry.needs]}")
+    return importlib.import_module(entry.module).open(name, model, artifacts, threads)

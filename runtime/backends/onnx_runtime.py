@@ -1,0 +1,59 @@
+"""The onnxruntime backend: exported graphs on ONNX Runtime's CPU provider, verified against the
+manifest's hashes before they load; int8 graphs on kernels that are exact on this CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+from qiedge.core.artifacts import Artifacts
+
+from .. import ort_int8
+from . import Session
+
+
+class OnnxRuntimeSession:
+    def __init__(self, session):
+        self.session = session
+        self.input_types = {i.name: i.type for i in session.get_inputs()}
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # fp16 graphs take fp16 floats; everything comes back as fp32 for the host.
+        cast = {
+            n: v.astype(np.float16) if self.input_types[n] == "tensor(float16)" and v.dtype == np.float32 else v
+            for n, v in feeds.items()
+            if n in self.input_types
+        }
+        outputs = self.session.run(self.output_names, cast)
+        return {n: o.astype(np.float32) if o.dtype == np.float16 else o for n, o in zip(self.output_names, outputs)}
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, artifacts: Artifacts, threads: int | None = None, providers: list[str] | None = None):
+        self.artifacts, self.threads = artifacts, threads
+        self.providers = providers or ["CPUExecutionProvider"]
+
+    def load(self, component: str) -> Session:
+        import onnxruntime as ort
+
+        path = self.artifacts.verify(component)
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        for key, value in ort_int8.session_config(self.artifacts.component(component)["precision"]).items():
+            options.add_session_config_entry(key, value)
+        return OnnxRuntimeSession(ort.InferenceSession(str(path), options, providers=self.providers))
+
+    def prompt_encoder(self, facts):
+        """The exported text path behind the tokenizer: text prompts only (no vision tower yet)."""
+        from qiedge.core.tokenizer import PromptTokenizer
+
+        from ..sampler import GraphPromptEncoder
+
+        return GraphPromptEncoder(PromptTokenizer(facts.tokenizer_json), self.load("condition_encoder"))
+
+
+def open(name: str, model, artifacts: Artifacts, threads: int | None) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(artifacts, threads)
