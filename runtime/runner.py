@@ -41,12 +41,12 @@ def _job_flop(model_dir, facts: ModelFacts, request: Request | None) -> float:
 def _choose(
     backend: str, model_dir, store: Artifacts | None, facts: ModelFacts, request: Request | None
 ) -> auto.Choice:
-    if backend != "auto":
-        return auto.Choice(backend, "as asked")
-    if store is not None:
-        int8 = any(c["precision"] == "int8" for c in store.components.values())
-        return auto.Choice("onnxruntime", "exported graphs" + (f"; int8 {ort_int8.describe()}" if int8 else ""))
-    return auto.choose(detect(), _job_flop(model_dir, facts, request))
+    if backend == "auto" and store is None:
+        return auto.choose(detect(), _job_flop(model_dir, facts, request))
+    name, reason = ("onnxruntime", "exported graphs") if backend == "auto" else (backend, "as asked")
+    if name == "onnxruntime" and store is not None and any(c["precision"] == "int8" for c in store.components.values()):
+        reason += f"; int8 {ort_int8.describe()}"  # which kernels keep the int8 graphs exact here
+    return auto.Choice(name, reason)
 
 
 def open_runtime(

@@ -130,3 +130,16 @@ def test_int8_probe_agrees_with_onnxruntimes_documented_rule():
     assert ort_int8.probe_is_exact(ort_int8.EXACT_KERNELS)
     assert ort_int8.session_config("int8") == (ort_int8.EXACT_KERNELS if documented else {})
     assert ort_int8.session_config("fp8") == {}
+
+
+def test_int8_artifacts_say_which_kernels_keep_them_exact():
+    from types import SimpleNamespace
+
+    from qiedge.runtime.runner import _choose
+
+    int8 = SimpleNamespace(components={"transformer_step": {"precision": "int8"}, "vae_decoder": {"precision": "fp32"}})
+    for asked in ("auto", "onnxruntime"):
+        choice = _choose(asked, None, int8, None, None)
+        assert choice.backend == "onnxruntime" and choice.reason.endswith(f"; int8 {ort_int8.describe()}")
+    fp32 = SimpleNamespace(components={"vae_decoder": {"precision": "fp32"}})
+    assert _choose("auto", None, fp32, None, None).reason == "exported graphs"
