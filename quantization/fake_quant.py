@@ -30,16 +30,29 @@ class QuantLinear(nn.Module):
         return F.linear(x, self.weight)
 
 
+def layer_quants(
+    transformer: nn.Module, recipe: Recipe, calibration: Calibration, layers: list[str]
+) -> dict[str, LayerQuant]:
+    """Each of `layers` (Linear module names) quantized as the recipe says, from its own weight."""
+    weights = dict(transformer.named_parameters())
+    return {name: layer_quant(name, weights[f"{name}.weight"], calibration, recipe) for name in layers}
+
+
 def quantize_transformer(
     transformer: nn.Module, recipe: Recipe, calibration: Calibration, layers: list[str]
 ) -> nn.Module:
-    """A copy of the transformer with `layers` (Linear module names) fake-quantized."""
+    """A copy of the transformer with `layers` fake-quantized."""
+    return fake_quantized(transformer, layer_quants(transformer, recipe, calibration, layers), recipe.format)
+
+
+def fake_quantized(transformer: nn.Module, quants: dict[str, LayerQuant], fmt: str) -> nn.Module:
+    """A copy of the transformer with each layer of `quants` fake-quantized as planned."""
     model = copy.deepcopy(transformer)
-    for name in layers:
+    for name, planned in quants.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         linear = getattr(parent, child) if not child.isdigit() else parent[int(child)]
-        quant = QuantLinear(linear, layer_quant(name, linear.weight, calibration, recipe), recipe.format)
+        quant = QuantLinear(linear, planned, fmt)
         if child.isdigit():
             parent[int(child)] = quant
         else:

@@ -6,7 +6,7 @@ reads (and ONNX Runtime's CPU provider runs):
 
 Weight-only INT4 keeps the activations in float and dequantizes blocks of G input channels
 (opset 21's blocked DequantizeLinear). Weights are quantized tensor by tensor while they stream
-into the external-data file (the export's `transform` hook), their scales computed from the
+into the external-data file (the export pass's weight hook), their scales computed from the
 tensor right there, so the 7B graph never needs the model in memory.
 """
 
@@ -36,7 +36,7 @@ QDQ_OPSET = {"int8": 19, "fp8": 19, "int4": 21}  # fp16 and float8 Q/DQ types ne
 
 class QdqPlan:
     """Which checkpoint weights are quantized, and how; the weight scales, recorded as each
-    weight streams through `for_key`, are what `insert` writes beside it."""
+    weight streams through `for_key`, are what `insert_qdq` writes beside it."""
 
     def __init__(self, quants: dict[str, LayerQuant], fmt: str):
         self.quants = {f"{name}.weight": q for name, q in quants.items()}
@@ -60,9 +60,6 @@ class QdqPlan:
 
         return quantize
 
-    def insert(self, model, key_prefix: str, float_dtype=np.float32) -> int:
-        return insert_qdq(model, key_prefix, self, float_dtype)
-
     def as_pass(self, record: dict) -> Pass:
         """The export pass: quantize the transformer's planned weights as they stream, put Q/DQ
         around their MatMuls, and record the format, opset, recipe and scales in the manifest."""
@@ -78,7 +75,7 @@ class QdqPlan:
         return Pass("insert Q/DQ", self._insert_pass, applies_to=_is_transformer, weights=self.for_key, entry=entry)
 
     def _insert_pass(self, job) -> None:
-        if not self.insert(job.graph, job.spec.key_prefix, torch.empty(0, dtype=job.precision).numpy().dtype):
+        if not insert_qdq(job.graph, job.spec.key_prefix, self, torch.empty(0, dtype=job.precision).numpy().dtype):
             raise ValueError("no planned layer feeds a MatMul in this graph")
 
 

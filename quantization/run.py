@@ -14,10 +14,9 @@ from qiedge.runtime.ort_int8 import EXACT_KERNELS
 
 from .accuracy import Evaluation, Judge
 from .calibrate import calibrate, linear_layers
-from .fake_quant import quantize_transformer
+from .fake_quant import fake_quantized, layer_quants, quantize_transformer
 from .onnx_qdq import QdqPlan
 from .recipe import Recipe
-from .scales import layer_quant
 
 # One prompt whose blob flips a threshold moves adherence by 2 / (3 * count): with 40, by 1.7 points.
 EVAL_PROMPTS = 40
@@ -100,7 +99,8 @@ def quantize(
         recipe = recipe.keeping(
             sorted(set(recipe.quantized_layers(all_layers, model.transformer.num_layers)) - set(layers))
         )
-    quantized = quantize_transformer(judge.reference, recipe, calibration, layers)
+    quants = layer_quants(judge.reference, recipe, calibration, layers)  # the fake-quant model's and the graph's
+    quantized = fake_quantized(judge.reference, quants, recipe.format)
     images = judge.images(quantized)
     accuracy = {
         "per_step": judge.per_step(quantized),
@@ -108,8 +108,6 @@ def quantize(
         "evaluation": {"prompts": eval_prompts, "count": EVAL_PROMPTS, "size": EVAL_SIZE},
         "measured_on": {"cpu": detect().summary(), "by": "the fake-quant torch model (the graph's arithmetic)"},
     }
-    weights = dict(judge.reference.named_parameters())
-    quants = {n: layer_quant(n, weights[f"{n}.weight"], calibration, recipe) for n in layers}
     record = {
         "recipe": json.loads(recipe.to_json()),
         "format": recipe.format,
