@@ -20,7 +20,10 @@ class ConditionEncoderGraph(nn.Module):
 
     def __init__(self, vl_model: nn.Module):
         super().__init__()
-        self.model = vl_model  # Qwen3VLModel: keys stay `model.language_model.*`
+        # Qwen3VLModel's text path alone, so its keys stay `model.language_model.*` and the vision
+        # tower's weights are not part of this graph.
+        self.model = nn.Module()
+        self.model.language_model = vl_model.language_model
 
     def forward(self, input_ids, attention_mask, position_ids):
         text = self.model.language_model

@@ -212,15 +212,24 @@ class QwenImage2Transformer(nn.Module):
         text [B, S_txt, ctx]; cond_latents [B, S_cond, C] or None; gather/segment_ids [S_p];
         key_valid [B, S_p]; cos/sin [S_p, D/2].
         """
+        x, mod = self.prefix_embed(text, cond_latents, gather)
+        _, keys, values = self.prefix_blocks(x, mod, segment_ids, key_valid, cos, sin, range(self.config.num_layers))
+        return keys, values
+
+    def prefix_embed(self, text, cond_latents, gather):
+        """The embedded prefix [B, S_p, dim] and its modulation [1, 1, 4*dim] (at t = 0)."""
         x = self._prefix_tokens(text, cond_latents, gather)
-        mod = self.modulation(self._temb(torch.zeros(1, device=x.device), x))[:, None]  # [1, 1, 4*dim]
+        return x, self.modulation(self._temb(torch.zeros(1, device=x.device), x))[:, None]
+
+    def prefix_blocks(self, x, mod, segment_ids, key_valid, cos, sin, layers: range):
+        """The prefix through blocks `layers`: (x, their keys [l, B, H, S_p, D], their values)."""
         mask = block_causal_mask(segment_ids, key_valid)
         keys, values = [], []
-        for block in self.transformer_blocks:
-            x, (k, v) = block(x, mod, cos, sin, mask, return_kv=True)
+        for i in layers:
+            x, (k, v) = self.transformer_blocks[i](x, mod, cos, sin, mask, return_kv=True)
             keys.append(k)
             values.append(v)
-        return torch.stack(keys), torch.stack(values)
+        return x, torch.stack(keys), torch.stack(values)
 
     def step(self, latents, timestep, past_keys, past_values, key_valid, cos, sin):
         """Velocity [B, S_tgt, C] of the target tokens, attending to the cached prefix.
@@ -228,14 +237,26 @@ class QwenImage2Transformer(nn.Module):
         latents [B, S_tgt, C]; timestep [B] (sigma); past_keys/values [L, B, H, S_p, D];
         key_valid [B, S_p]; cos/sin [S_tgt, D/2] for the target positions.
         """
+        x, temb, mod = self.step_embed(latents, timestep)
+        x = self.step_blocks(x, mod, past_keys, past_values, key_valid, cos, sin, range(self.config.num_layers))
+        return self.step_out(x, temb)
+
+    def step_embed(self, latents, timestep):
+        """The embedded target [B, S_tgt, dim], the timestep embedding [B, dim], its modulation [B, 1, 4*dim]."""
         x = self.img_in(latents)
         temb = self._temb(timestep, x)
-        mod = self.modulation(temb)[:, None]  # [B, 1, 4*dim]
+        return x, temb, self.modulation(temb)[:, None]
+
+    def step_blocks(self, x, mod, past_keys, past_values, key_valid, cos, sin, layers: range):
+        """The target through blocks `layers`; past_keys/values hold those layers' cache, in order."""
         # Target queries see every valid prefix key and the whole target block.
         valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], x.shape[1])], dim=1)
         mask = valid[:, None, None, :]
-        for i, block in enumerate(self.transformer_blocks):
-            x = block(x, mod, cos, sin, mask, past_kv=(past_keys[i], past_values[i]))
+        for j, i in enumerate(layers):
+            x = self.transformer_blocks[i](x, mod, cos, sin, mask, past_kv=(past_keys[j], past_values[j]))
+        return x
+
+    def step_out(self, x, temb):
         return self.proj_out(self.norm_out(x, temb))
 
     def forward(self, latents, timestep, text, cond_latents, gather, segment_ids, key_valid, cos, sin):

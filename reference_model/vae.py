@@ -105,12 +105,14 @@ def _avg_down(x: torch.Tensor, out_dim: int, temporal: bool) -> torch.Tensor:
     """Parameter-free shortcut: fold 2x2 pixels into channels and average channel groups.
 
     With temporal downsampling the video VAE also folds a zero frame (the causal padding in front
-    of the single frame) into the channels, so half of every group is zeros.
+    of the single frame) into the channels, so half of every group is zeros. Written in tensors of
+    rank <= 5, which every target (Core ML included) can hold.
     """
     b, c, h, w = x.shape
-    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)  # [B, C, 2, 2, h, w]
+    x = x.reshape(b * c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3)  # [B*C, 2, 2, h, w]
+    x = x.reshape(b, c, 4, h // 2, w // 2)
     if temporal:
-        x = torch.stack([torch.zeros_like(x), x], dim=2)  # [B, C, 2t, 2, 2, h, w]
+        x = torch.cat([torch.zeros_like(x), x], dim=2)  # [B, C, 2t * 2 * 2, h, w]
     x = x.reshape(b, out_dim, -1, h // 2, w // 2)
     return x.mean(dim=2)
 
@@ -119,13 +121,14 @@ def _dup_up(x: torch.Tensor, out_dim: int, temporal: bool) -> torch.Tensor:
     """Parameter-free shortcut: repeat channels and unfold them into 2x2 pixels.
 
     With temporal upsampling the video VAE makes two frames and drops the first, so only the
-    second half of every repeated group survives.
+    second half of every repeated group survives. Rank <= 5, as `_avg_down`.
     """
     b, c, h, w = x.shape
     factor_t = 2 if temporal else 1
     x = x.repeat_interleave(out_dim * 4 * factor_t // c, dim=1)
-    x = x.view(b, out_dim, factor_t, 2, 2, h, w)[:, :, -1]  # [B, out, 2, 2, h, w]
-    return x.permute(0, 1, 4, 2, 5, 3).reshape(b, out_dim, h * 2, w * 2)
+    x = x.reshape(b, out_dim, factor_t * 4, h, w)[:, :, -4:]  # the last frame's [2, 2] pixels
+    x = x.reshape(b * out_dim, 2, 2, h, w).permute(0, 3, 1, 4, 2)  # [B*out, h, 2, w, 2]
+    return x.reshape(b, out_dim, h * 2, w * 2)
 
 
 def _avg_down_identity(x: torch.Tensor, out_dim: int) -> torch.Tensor:
