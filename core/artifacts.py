@@ -15,6 +15,7 @@ from qiedge.core.files import sha256_file
 from qiedge.core.scheduler import SchedulerConfig
 
 MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer/tokenizer.json"  # in every artifacts directory
 FORMAT_VERSION = 1
 
 

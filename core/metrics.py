@@ -12,6 +12,7 @@ class Comparison:
     rel_l2: float
     max_abs: float
     cosine: float
+    psnr_db: float  # against the reference's own peak |value|, for tensors that are not images
 
     @classmethod
     def of(cls, actual: np.ndarray, expected: np.ndarray) -> Comparison:
@@ -23,6 +24,7 @@ class Comparison:
             rel_l2=float(np.linalg.norm(a - e) / norm) if norm else float(np.linalg.norm(a)),
             max_abs=float(np.abs(a - e).max(initial=0.0)),
             cosine=float(a @ e / (np.linalg.norm(a) * norm)) if norm and np.linalg.norm(a) else 1.0,
+            psnr_db=psnr(a, e, peak=float(np.abs(e).max(initial=0.0))) if a.size else float("inf"),
         )
 
 

@@ -213,6 +213,11 @@ class OnnxTarget:
 
     name = "onnx"
     tools = ("torch", "onnx", "onnxscript", "onnxruntime", "transformers")
+    default_precision = "fp32"
+    components = None
+
+    def configured(self, **options) -> OnnxTarget:
+        raise ValueError(f"the onnx target takes no options ({', '.join(options)} are another target's)")
 
     def stages(self, passes) -> list[Stage]:
         return [
@@ -226,8 +231,15 @@ class OnnxTarget:
     def entry(self, job: GraphJob) -> dict:
         return {"opset": OPSET}
 
-    def files(self, path: Path) -> list[Path]:
-        return [path, path.parent / WEIGHTS_FILE]
+    def files(self, root: Path, entry: dict) -> list[Path]:
+        graph = root / entry["graph"]
+        return [graph, graph.parent / WEIGHTS_FILE]
+
+    def finish(self, root: Path) -> None:
+        pass
+
+    def manifest(self) -> dict:
+        return {}
 
 
 TARGET = OnnxTarget()

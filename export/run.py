@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from qiedge.core.artifacts import FORMAT_VERSION, MANIFEST
+from qiedge.core.artifacts import FORMAT_VERSION, MANIFEST, TOKENIZER
 from qiedge.core.files import sha256_file, staged_directory
 from qiedge.reference_model.model_dir import ModelDir
 from qiedge.reference_model.presets import Preset, config_dict
@@ -22,12 +22,11 @@ from qiedge.reference_model.presets import Preset, config_dict
 import qiedge
 
 from .sources import CheckpointSource, RandomSource
-from .specs import SPECS, ModelConfigs, declared_shape
+from .specs import SPECS, ModelConfigs, describe
 from .stages import GraphJob, Pass, Target, run_stages
 from .targets import get_target
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
-TOKENIZER = "tokenizer/tokenizer.json"
 
 
 def model_configs(model: ModelDir | None, preset: Preset | None) -> ModelConfigs:
@@ -67,7 +66,7 @@ def _tool_versions(tools: tuple[str, ...]) -> dict[str, str]:
 def export_artifacts(
     out: str | Path,
     target: str = "onnx",
-    precision: str = "fp32",
+    precision: str | None = None,
     model: ModelDir | None = None,
     preset: Preset | None = None,
     seed: int = 0,
@@ -75,6 +74,7 @@ def export_artifacts(
     passes: Sequence[Pass] = (),
     extra: dict | None = None,
     on_component: Callable[[str, float], None] | None = None,
+    target_options: dict | None = None,
 ) -> dict:
     """Every component through the target's stages, checked and hashed; returns the manifest
     written to `out/manifest.json`.
@@ -82,15 +82,17 @@ def export_artifacts(
     `passes` are rewrites from outside the target (quantization's Q/DQ insertion), each for the
     components it applies to; `extra` goes into the manifest's top level (the quantization record).
     """
-    chosen = get_target(target)
+    chosen = get_target(target, **(target_options or {}))
+    precision = precision or chosen.default_precision
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    names = components or list(SPECS)
+    names = components or list(chosen.components or SPECS)
     unknown = [n for n in names if n not in SPECS]
     if unknown:
         raise ValueError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(SPECS)}")
     configs = model_configs(model, preset)
     with staged_directory(Path(out)) as tmp:
+        _write_tokenizer(tmp, model)  # first: a target may bucket prompts by the tokenizer's counts
         shared, entries = {}, {}
         for name in names:
             spec = SPECS[name]
@@ -112,24 +114,18 @@ def export_artifacts(
                 entries[name].update(p.entry)
             if on_component:
                 on_component(name, time.perf_counter() - start)
-        _write_tokenizer(tmp, model)
+        chosen.finish(tmp)
         manifest = _manifest(tmp, chosen, entries, configs, model, preset, precision, seed) | (extra or {})
         (tmp / MANIFEST).write_text(_dumps(manifest))
     return manifest
 
 
 def _entry(spec, configs: ModelConfigs, graph: Path, precision: str) -> dict:
-    def tensors(specs):
-        return [
-            {"name": t.name, "dtype": precision if t.dtype == "float" else t.dtype, "shape": declared_shape(t, configs)}
-            for t in specs
-        ]
-
     return {
         "graph": graph.as_posix(),
         "files": {},
-        "inputs": tensors(spec.inputs),
-        "outputs": tensors(spec.outputs),
+        "inputs": describe(spec.inputs, configs, precision),
+        "outputs": describe(spec.outputs, configs, precision),
         "precision": precision,
         "quantization": None,
         "parity": None,
@@ -140,7 +136,7 @@ def _manifest(
     root: Path, target: Target, entries: dict, configs: ModelConfigs, model, preset, precision: str, seed: int
 ) -> dict:
     for entry in entries.values():
-        files = target.files(root / entry["graph"])
+        files = target.files(root, entry)
         entry["files"] = {f.relative_to(root).as_posix(): sha256_file(f) for f in files}
     source = (
         {"model": str(model.path), "model_hash": model.fingerprint()}
@@ -166,6 +162,7 @@ def _manifest(
             "tokenizer": TOKENIZER,
         },
         "tools": _tool_versions(target.tools),
+        **target.manifest(),
         "notes": [
             "condition_encoder is Qwen3-VL's text path only: the vision tower (editing) runs on the torch backend"
         ],

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from qiedge.core.contract import CONTRACTS, DIMS, FLOAT, TensorSpec
+from qiedge.core.contract import CONTRACTS, DIMS, FLOAT, Contract, TensorSpec
 from qiedge.reference_model.presets import TransformerConfig, VAEConfig
 from torch import nn
 
@@ -31,14 +31,15 @@ class ComponentSpec:
     cache_from: str | None = None
     # Tensors the reference computes from its config (buffers, not checkpoint weights).
     constants: Callable[[ModelConfigs], dict[str, np.ndarray]] = lambda configs: {}
+    contract: Contract | None = None  # a graph of its own (a chunk of a component); else the name's contract
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
-        return CONTRACTS[self.name].inputs
+        return (self.contract or CONTRACTS[self.name]).inputs
 
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
-        return CONTRACTS[self.name].outputs
+        return (self.contract or CONTRACTS[self.name]).outputs
 
     def build(self, configs: ModelConfigs) -> nn.Module:
         return self.wrapper(self.reference(configs))
@@ -174,6 +175,8 @@ def fixed_dims(configs: ModelConfigs) -> dict[str, int]:
         "heads": t.num_attention_heads,
         "head_dim": t.attention_head_dim,
         "half_head": t.attention_head_dim // 2,
+        "inner": t.inner_dim,
+        "modulation": 4 * t.inner_dim,
         "image_channels": configs.vae.in_channels,
     }
 
@@ -189,27 +192,45 @@ def declared_shape(tensor: TensorSpec, configs: ModelConfigs) -> list[int | str]
     return [_resolve(d, configs) for d in tensor.shape]
 
 
-def trace_size(dim: int | str, configs: ModelConfigs) -> int:
+def describe(tensors: tuple[TensorSpec, ...], configs: ModelConfigs, precision: str) -> list[dict]:
+    """Tensors as the manifest records them: name, dtype ('float' as the precision), declared shape."""
+    return [
+        {"name": t.name, "dtype": precision if t.dtype == FLOAT else t.dtype, "shape": declared_shape(t, configs)}
+        for t in tensors
+    ]
+
+
+TRACE_SIZES = {name: size for name, (_, _, size) in DIMS.items()}
+
+
+def trace_size(dim: int | str, configs: ModelConfigs, sizes: dict[str, int] = TRACE_SIZES) -> int:
     dim = _resolve(dim, configs)
     if isinstance(dim, int):
         return dim
     factor, _, name = dim.rpartition("*")
-    return int(factor or 1) * DIMS[name][2]
+    return int(factor or 1) * sizes[name]
 
 
 def torch_dtype(dtype: str, precision: torch.dtype) -> torch.dtype:
     return {FLOAT: precision, "float32": torch.float32, "int64": torch.int64, "bool": torch.bool}[dtype]
 
 
-def trace_inputs(spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype, device: str = "cpu") -> dict:
-    """Valid example inputs at the trace sizes (indices in range, masks mostly true)."""
+def trace_inputs(
+    spec: ComponentSpec,
+    configs: ModelConfigs,
+    precision: torch.dtype,
+    device: str = "cpu",
+    sizes: dict[str, int] = TRACE_SIZES,
+) -> dict:
+    """Valid example inputs (indices in range, masks mostly true) at the given dim sizes: the
+    distinct trace sizes by default, or one fixed-shape bucket's."""
     rng = np.random.default_rng(0)
     inputs = {}
     for t in spec.inputs:
-        shape = [trace_size(d, configs) for d in t.shape]
+        shape = [trace_size(d, configs, sizes) for d in t.shape]
         dtype = torch_dtype(t.dtype, precision)
         if t.example == "gather":  # rows of cat(text, condition latents)
-            high = DIMS["text"][2] + DIMS["cond"][2]
+            high = sizes["text"] + sizes["cond"]
             value = torch.from_numpy(rng.integers(0, high, shape))
         elif t.example == "segments":  # text, one image block, text
             value = torch.from_numpy(np.repeat([-1, 0, -1], [3, shape[0] - 5, 2]))

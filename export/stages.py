@@ -68,12 +68,20 @@ class Pass(Stage):
 class Target(Protocol):
     name: str
     tools: tuple[str, ...]  # packages whose versions the manifest records
+    default_precision: str
+    components: tuple[str, ...] | None  # exported by default (None: every spec)
+
+    def configured(self, **options) -> Target: ...  # the target with its own options set
 
     def stages(self, passes: Sequence[Pass]) -> list[Stage]: ...
 
     def entry(self, job: GraphJob) -> dict: ...  # target fields of the manifest entry (opset, ...)
 
-    def files(self, path: Path) -> list[Path]: ...  # every file the saved graph needs, hashed
+    def files(self, root: Path, entry: dict) -> list[Path]: ...  # every file a manifest entry needs, hashed
+
+    def finish(self, root: Path) -> None: ...  # after every component, before the manifest
+
+    def manifest(self) -> dict: ...  # the target's fields at the manifest's top level
 
 
 def run_stages(job: GraphJob, stages: Sequence[Stage]) -> None:

@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .stages import Target
 
-TARGETS = {"onnx": "qiedge.export.onnx"}  # name -> the module that defines its TARGET
+TARGETS = {"onnx": "qiedge.export.onnx", "coreml": "qiedge.export.coreml"}  # name -> the module that defines its TARGET
 
 
-def get_target(name: str) -> Target:
+def get_target(name: str, **options) -> Target:
+    """The target `name`, configured with its own options (Core ML's buckets, ...)."""
     if name not in TARGETS:
         raise ValueError(f"target {name} is not built yet; built: {', '.join(TARGETS)}")
-    return importlib.import_module(TARGETS[name]).TARGET
+    target = importlib.import_module(TARGETS[name]).TARGET
+    return target.configured(**options) if options else target

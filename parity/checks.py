@@ -14,45 +14,83 @@ from qiedge.core.metrics import Comparison, psnr
 from qiedge.export.cases import PREFIX, CaseContext
 from qiedge.export.specs import SPECS
 from qiedge.runtime.backends import Session
+from qiedge.runtime.bucketed import BucketError
 
-# The project's numerics bounds: fp32 graphs <= 1e-5 relative L2 per component; fp16 graphs are judged on the final
-# image (PSNR >= 35 dB), INT8 / FP8 ones on velocity cosine >= 0.99 (relative error about 0.14)
-# and image PSNR >= 30 dB; their per-component figures are reported against the looser bounds.
-# Those bounds say nothing of weight-only INT4; these are qiedge's own, looser still.
-COMPONENT_REL_L2 = {"fp32": 1e-5, "fp16": 1e-2, "int8": 0.15, "fp8": 0.15, "int4": 0.3}
+# The project's numerics bounds, per component as (metric, bound) and for whole images as PSNR:
+# fp32 graphs <= 1e-5 relative L2; fp16 graphs >= 35 dB PSNR (components against the reference's
+# own peak); INT8 / FP8 ones velocity cosine >= 0.99 (relative error about 0.14) and images
+# >= 30 dB. Those bounds say nothing of weight-only INT4; these are qiedge's own, looser still.
+COMPONENT_BOUND = {
+    "fp32": ("rel_l2", 1e-5),
+    "fp16": ("psnr_db", 35.0),
+    "int8": ("rel_l2", 0.15),
+    "fp8": ("rel_l2", 0.15),
+    "int4": ("rel_l2", 0.3),
+}
 IMAGE_PSNR = {"fp32": 50.0, "fp16": 35.0, "int8": 30.0, "fp8": 30.0, "int4": 25.0}
+# Core ML weight compression on fp16 packages: 8- and 6-bit keep fp16's bound; the 4-bit modes
+# state their own, from what they measured: 24.3 dB worst component (the tiny model's prefix
+# K/V) in CI, the demo checkpoint's figures in the README (bench/coreml_matrix.py).
+COMPRESSED_PSNR = {"int8": 35.0, "palettize6": 35.0, "int4": 20.0, "palettize4": 20.0, "mixed": 20.0}
+
+
+def component_bound(entry: dict) -> tuple[str, float]:
+    compression = entry.get("compression")
+    if compression:
+        return "psnr_db", COMPRESSED_PSNR[compression["mode"]]
+    return COMPONENT_BOUND[entry["precision"]]
+
+
+def image_bound(manifest: dict) -> float:
+    modes = [e["compression"]["mode"] for e in manifest["components"].values() if e.get("compression")]
+    return min([IMAGE_PSNR[manifest["precision"]], *(COMPRESSED_PSNR[m] for m in modes)])
+
+
+def _passes(figures: dict, bound: tuple[str, float]) -> bool:
+    metric, value = bound
+    return figures[metric] <= value if metric == "rel_l2" else figures[metric] >= value
 
 
 def compare_component(
-    name: str, ours: Session, reference: Session, cases, threshold: float, cache_from: Session | None = None
+    name: str, ours: Session, reference: Session, cases, bound: tuple[str, float], cache_from: Session | None = None
 ) -> dict:
     """Run every case on both sessions; report each output's figures and whether all pass.
 
     A case that carries its producer's inputs (the step's prefix) gets that cache from the
     reference's own producer session, so both sides consume the same K/V.
     """
-    results, failures = [], []
+    results, failures, not_run = [], [], []
     for case, feeds in cases:
         if PREFIX in feeds:
             feeds.update(cache_from.run(feeds.pop(PREFIX)))
-        expected, actual = reference.run(feeds), ours.run(feeds)
+        try:
+            actual = ours.run(feeds)
+        except BucketError as e:  # a fixed-shape target exported without this case's shape
+            not_run.append(f"{case}: {e}")
+            continue
+        expected = reference.run(feeds)
         if "attention_mask" in feeds:
             # Left-padding rows attend to nothing and are dropped before the transformer: compare real tokens only.
             keep = feeds["attention_mask"].astype(bool)
             expected, actual = ({k: v[keep] for k, v in d.items()} for d in (expected, actual))
         outputs = {}
         for out, value in expected.items():
-            c = Comparison.of(actual[out], value)
-            outputs[out] = vars(c)
-            if not c.rel_l2 <= threshold:
-                failures.append(f"{case} {out}: relative L2 {c.rel_l2:.2e} > {threshold:.0e}")
+            figures = vars(Comparison.of(actual[out], value))
+            outputs[out] = figures
+            if not _passes(figures, bound):
+                metric, limit = bound
+                failures.append(f"{case} {out}: {metric} {figures[metric]:.3g} misses the bound {limit:g}")
         results.append({"case": case, "outputs": outputs})
-    worst = max(o["rel_l2"] for r in results for o in r["outputs"].values())
+    figures = [o for r in results for o in r["outputs"].values()]
+    worst = max((o["rel_l2"] for o in figures), default=float("nan"))
     return {
         "component": name,
-        "threshold_rel_l2": threshold,
+        "bound": {"metric": bound[0], "value": bound[1]},
         "worst_rel_l2": worst,
+        "worst_psnr_db": min((o["psnr_db"] for o in figures), default=float("nan")),
         "cases": results,
+        "not_run": not_run,
+        "measured": bool(results),  # False: no case fits a fixed-shape target's buckets
         "failures": failures,
         "passed": not failures,
     }
@@ -81,21 +119,36 @@ def end_to_end_requests():
 
 
 def compare_end_to_end(artifacts_path, model_path, threshold_psnr: float) -> dict:
+    from qiedge.core.artifacts import Artifacts
     from qiedge.runtime.runner import open_runtime
     from qiedge.runtime.sampler import generate
 
-    exported = open_runtime(artifacts=artifacts_path, backend="onnxruntime")
-    editing = open_runtime(model=model_path, artifacts=artifacts_path, backend="onnxruntime", encoder_backend="torch")
+    exported = open_runtime(artifacts=artifacts_path)
+    editing = open_runtime(model=model_path, artifacts=artifacts_path, encoder_backend="torch")
     reference = open_runtime(model=model_path, backend="torch")
-    results, failures = [], []
+    results, failures, not_run = [], [], []
     for name, request in end_to_end_requests().items():
-        ours = generate(request, exported.facts, (editing if request.images else exported).sessions)
+        if request.images and "vae_encoder" not in Artifacts.open(artifacts_path).components:
+            not_run.append(f"{name}: no vae_encoder in the artifacts")
+            continue
+        try:
+            ours = generate(request, exported.facts, (editing if request.images else exported).sessions)
+        except BucketError as e:
+            not_run.append(f"{name}: {e}")
+            continue
         expected = generate(request, reference.facts, reference.sessions)
         figures = {"psnr_db": psnr(ours, expected, peak=1.0), **vars(Comparison.of(ours, expected))}
         results.append({"case": name, **figures})
         if not figures["psnr_db"] >= threshold_psnr:
             failures.append(f"end to end {name}: PSNR {figures['psnr_db']:.1f} dB < {threshold_psnr} dB")
-    return {"threshold_psnr_db": threshold_psnr, "cases": results, "failures": failures, "passed": not failures}
+    return {
+        "threshold_psnr_db": threshold_psnr,
+        "cases": results,
+        "not_run": not_run,
+        "measured": bool(results),
+        "failures": failures,
+        "passed": not failures,
+    }
 
 
 def case_context(artifacts, model) -> CaseContext:
@@ -107,20 +160,20 @@ def run_parity(artifacts_path, model_path, end_to_end: bool = True) -> dict:
     """Every exported component against the reference, then whole images; collects all failures."""
     from qiedge.core.artifacts import Artifacts
     from qiedge.reference_model.model_dir import ModelDir
-    from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
+    from qiedge.runtime.backends import backend_for, open_backend
     from qiedge.runtime.backends.pytorch import TorchBackend
 
     artifacts, model = Artifacts.open(artifacts_path), ModelDir.open(model_path)
     precision = artifacts.manifest["precision"]
-    ours, reference = OnnxRuntimeBackend(artifacts), TorchBackend(model)
+    ours, reference = open_backend(backend_for(artifacts), artifacts=artifacts), TorchBackend(model)
     context = case_context(artifacts, model)
     components = {}
     for name in artifacts.components:
         spec = SPECS[name]
         cache_from = reference.load(spec.cache_from) if spec.cache_from else None
-        threshold = COMPONENT_REL_L2[artifacts.component(name)["precision"]]
+        bound = component_bound(artifacts.component(name))
         cases = spec.cases(context)
-        components[name] = compare_component(name, ours.load(name), reference.load(name), cases, threshold, cache_from)
+        components[name] = compare_component(name, ours.load(name), reference.load(name), cases, bound, cache_from)
     report = {
         "artifacts": str(artifacts.path),
         "model": str(model.path),
@@ -128,8 +181,12 @@ def run_parity(artifacts_path, model_path, end_to_end: bool = True) -> dict:
         "components": components,
     }
     if end_to_end:
-        report["end_to_end"] = compare_end_to_end(artifacts.path, model.path, IMAGE_PSNR[precision])
+        report["end_to_end"] = compare_end_to_end(artifacts.path, model.path, image_bound(artifacts.manifest))
     failures = [f for c in components.values() for f in c["failures"]]
     failures += report.get("end_to_end", {}).get("failures", [])
-    report.update(failures=failures, passed=not failures)
+    # Nothing measured is no proof: a fixed-shape target needs buckets that hold the parity cases.
+    unmeasured = [n for n, c in components.items() if not c["measured"]]
+    if end_to_end and not report["end_to_end"]["measured"]:
+        unmeasured.append("end to end")
+    report.update(failures=failures, unmeasured=unmeasured, passed=not failures and not unmeasured)
     return report

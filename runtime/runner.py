@@ -10,7 +10,7 @@ from qiedge.core.units import PIXELS_PER_TOKEN
 
 from . import auto, ort_int8
 from .auto import BACKENDS
-from .backends import Backend, open_backend
+from .backends import Backend, backend_for, open_backend
 from .hardware import detect
 from .sampler import TEXT_TO_IMAGE, Request, Sessions, schedule_for
 
@@ -43,10 +43,23 @@ def _choose(
 ) -> auto.Choice:
     if backend == "auto" and store is None:
         return auto.choose(detect(), _job_flop(model_dir, facts, request))
-    name, reason = ("onnxruntime", "exported graphs") if backend == "auto" else (backend, "as asked")
+    if backend == "auto":
+        name = backend_for(store)
+        reason = f"{store.manifest['target']} artifacts"
+    else:
+        name, reason = backend, "as asked"
     if name == "onnxruntime" and store is not None and any(c["precision"] == "int8" for c in store.components.values()):
         reason += f"; int8 {ort_int8.describe()}"  # which kernels keep the int8 graphs exact here
     return auto.Choice(name, reason)
+
+
+def _check_buckets(store: Artifacts, request: Request) -> None:
+    """Fixed-shape artifacts (Core ML) hold some sizes only: refuse any other before loading."""
+    sizes = store.manifest.get("buckets", {}).get("sizes")
+    if sizes and f"{request.width}x{request.height}" not in sizes:
+        raise ValueError(
+            f"size {request.width}x{request.height} has no bucket in {store.path}; exported sizes: {', '.join(sizes)}"
+        )
 
 
 def open_runtime(
@@ -59,7 +72,7 @@ def open_runtime(
 ) -> Runtime:
     """Sessions for one generate: the transformer, VAE and encoder each on the backend asked for.
 
-    `auto` (the default) runs `--artifacts` on onnxruntime, and a `--model` on the torch path
+    `auto` (the default) runs `--artifacts` on their target's backend, and a `--model` on the torch path
     that is fastest on this CPU for a job of `request`'s size. Editing needs the vision tower,
     so its condition encoder runs on torch (from `--model`).
     """
@@ -73,6 +86,8 @@ def open_runtime(
     if model_dir is None and store is None:
         raise ValueError("pass --model DIR or --artifacts ART")
     facts = store.facts if store else ModelFacts.from_model_dir(model_dir)
+    if store and request:
+        _check_buckets(store, request)
     choice = _choose(backend, model_dir, store, facts, request)
     warning = auto.bf16_warning(detect()) if choice.backend == "torch-bf16" else None
     main = open_backend(choice.backend, model_dir, store, threads)

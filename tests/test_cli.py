@@ -169,9 +169,51 @@ def test_export_preset_with_stand_in_weights(tmp_path):
 def test_export_refuses_bad_requests(tiny, tmp_path):
     assert "exactly one of --model DIR or --preset P" in qiedge("export", "--out", str(tmp_path / "a")).stderr
     assert (
-        "target coreml is not built yet"
-        in qiedge("export", "--preset", "tiny", "--target", "coreml", "--out", str(tmp_path / "b")).stderr
+        "target tensorrt is not built yet"
+        in qiedge("export", "--preset", "tiny", "--target", "tensorrt", "--out", str(tmp_path / "b")).stderr
     )
     result = qiedge("export", "--model", str(tiny), "--components", "nope", "--out", str(tmp_path / "c"))
     assert result.returncode == 2 and "unknown component(s) nope" in result.stderr
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--sizes", "64x64"], "the onnx target takes no options (sizes are another target's)"),
+        (["--target", "coreml", "--sizes", "64x65"], "sides must be multiples of 32"),
+        (["--target", "coreml", "--prompt-lengths", "a,b"], "must be comma-separated token counts"),
+        (["--target", "coreml", "--deployment-target", "iOS17", "--sizes", "64x64,96x64"], "no multifunction"),
+        (
+            ["--target", "coreml", "--deployment-target", "iOS17", "--prompt-lengths", "128", "--compress", "int4"],
+            "deploy to iOS18 or macOS15",
+        ),
+        (["--target", "coreml", "--max-chunk-mb", "0"], "--max-chunk-mb must be positive"),
+    ],
+)
+def test_export_refuses_bad_target_options_before_loading(tmp_path, args, needle):
+    result = qiedge("export", "--preset", "tiny", "--out", str(tmp_path / "art"), *args)
+    assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "art").exists()
+
+
+def test_export_coreml_preset_and_generate_from_it(tmp_path):
+    """The CLI end to end on Core ML: stand-in weights, then an image drawn by executing the
+    saved programs (NumPy here, Core ML on macOS)."""
+    art, out = tmp_path / "art", tmp_path / "img.png"
+    result = qiedge(
+        "export", "--preset", "tiny", "--target", "coreml", "--sizes", "64x32", "--prompt-lengths", "32",
+        "--out", str(art), "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(result.stdout)
+    assert manifest["target"] == "coreml" and manifest["precision"] == "fp16"
+    step = manifest["components"]["transformer_step"]["functions"]
+    assert list(step) == ["step_64x32_t32"] and step["step_64x32_t32"]["target"] == 8
+    assert list(manifest["components"]["condition_encoder"]["functions"]) == ["model_t32"]
+    result = qiedge("generate", "a red circle", "--artifacts", str(art), "--width", "64", "--height", "32",
+                    "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("backend coreml: coreml artifacts")
+    assert Image.open(out).size == (64, 32)

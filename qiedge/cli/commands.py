@@ -106,7 +106,8 @@ def cmd_export(args) -> None:
     from qiedge.reference_model import presets
     from qiedge.reference_model.model_dir import ModelDir
 
-    get_target(args.target)  # an unbuilt target is refused before anything loads
+    options = _target_options(args)
+    get_target(args.target, **options)  # an unbuilt target or a bad option is refused before anything loads
     if bool(args.model) == bool(args.preset):
         raise ValueError("export needs exactly one of --model DIR or --preset P")
     from qiedge.export.run import export_artifacts
@@ -127,13 +128,30 @@ def cmd_export(args) -> None:
         seed=args.seed,
         components=components,
         on_component=report,
+        target_options=options,
     )
     if model is not None and not args.no_parity:
         manifest = _record_parity(Path(args.out), model.path)
     failed = [n for n, c in manifest["components"].items() if c["parity"] and not c["parity"]["passed"]]
-    _emit(args, manifest, f"wrote {args.out} ({', '.join(manifest['components'])})")
+    unmeasured = [n for n, c in manifest["components"].items() if c["parity"] and not c["parity"]["measured"]]
+    note = f"; parity not measured (no case fits the buckets): {', '.join(unmeasured)}" if unmeasured else ""
+    _emit(args, manifest, f"wrote {args.out} ({', '.join(manifest['components'])}){note}")
     if failed:
         raise ValueError(f"exported, but parity misses its threshold for: {', '.join(failed)} (see manifest.json)")
+
+
+def _target_options(args) -> dict:
+    """The target's own options, as given; another target's options are refused by the target."""
+    from qiedge.core.buckets import parse_lengths, parse_sizes
+
+    parse = {"sizes": parse_sizes, "prompt_lengths": parse_lengths, "max_chunk_mb": float}
+    names = ("deployment_target", "compute_units", "sizes", "prompt_lengths", "compress", "max_chunk_mb")
+    options = {n: parse.get(n, str)(getattr(args, n)) for n in names if getattr(args, n) is not None}
+    if args.compress == "mixed":  # the layers the INT8 recipe keeps in high precision stay at 8 bits
+        from qiedge.quantization.recipe import Recipe
+
+        options["sensitive"] = Recipe.load("int8").keep_high_precision
+    return options
 
 
 def _record_parity(out: Path, model: Path) -> dict:
@@ -147,9 +165,12 @@ def _record_parity(out: Path, model: Path) -> dict:
         for name, result in report["components"].items():
             manifest["components"][name]["parity"] = {
                 "reference": "torch fp32",
-                "threshold_rel_l2": result["threshold_rel_l2"],
+                "bound": result["bound"],
                 "worst_rel_l2": result["worst_rel_l2"],
+                "worst_psnr_db": result["worst_psnr_db"],
                 "cases": len(result["cases"]),
+                "not_run": len(result["not_run"]),
+                "measured": result["measured"],
                 "passed": result["passed"],
             }
 
@@ -163,15 +184,25 @@ def cmd_parity(args) -> None:
     if args.json:
         text = json.dumps(report, indent=2)
         print(text) if args.json == "-" else Path(args.json).write_text(text + "\n")
-    lines = [f"{'component':<20} {'worst rel L2':>13} {'bound':>8}  result"]
+    lines = [f"{'component':<20} {'worst rel L2':>13} {'worst PSNR':>11} {'bound':>14}  result"]
     for name, c in report["components"].items():
-        lines.append(
-            f"{name:<20} {c['worst_rel_l2']:>13.2e} {c['threshold_rel_l2']:>8.0e}  {'ok' if c['passed'] else 'FAIL'}"
-        )
+        result = "ok" if c["passed"] else "FAIL"
+        if c["not_run"]:
+            result += f" ({len(c['not_run'])} case(s) outside the exported buckets)"
+        bound = c["bound"]
+        limit = f"PSNR >= {bound['value']:g} dB" if bound["metric"] == "psnr_db" else f"rel L2 <= {bound['value']:.0e}"
+        figures = f"{c['worst_rel_l2']:>13.2e} {c['worst_psnr_db']:>8.1f} dB {limit:>14}"
+        lines.append(f"{name:<20} {figures}  {result}")
     for c in report.get("end_to_end", {}).get("cases", []):
         lines.append(f"end to end {c['case']:<24} PSNR {c['psnr_db']:>6.1f} dB  rel L2 {c['rel_l2']:.2e}")
+    lines += [f"not run: {n}" for n in report.get("end_to_end", {}).get("not_run", [])]
     if args.json != "-":
         print("\n".join(lines))
+    if report["unmeasured"]:
+        raise ValueError(
+            f"parity not measured for {', '.join(report['unmeasured'])}: no case fits the exported buckets "
+            "(the cases run at 32-128 px; export a 64x64 and a 96x64 size too)"
+        )
     if not report["passed"]:
         raise ValueError("parity failed: " + "; ".join(report["failures"]))
 

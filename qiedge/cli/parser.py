@@ -31,12 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="auto (default): onnxruntime with --artifacts, else the fastest torch path for this CPU "
+        help="auto (default): the artifacts' own backend with --artifacts (onnxruntime, coreml), else the fastest "
+        "torch path for this CPU "
         "(torch-bf16 where bf16 is native, torch-compile where it is emulated, eager torch for small jobs)",
     )
     p.add_argument(
         "--encoder-backend",
-        choices=("torch", "onnxruntime"),
+        choices=("torch", "onnxruntime", "coreml"),
         help="run the condition encoder elsewhere (editing needs torch: the vision tower is not exported)",
     )
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
@@ -57,8 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", help="model directory (weights streamed from its safetensors)")
     source.add_argument("--preset", help="a preset with deterministic stand-in weights, e.g. qwen-image-2-7b")
-    p.add_argument("--target", default="onnx", help=f"built: {', '.join(TARGETS)} (Core ML and TensorRT are planned)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    p.add_argument("--target", default="onnx", help=f"built: {', '.join(TARGETS)} (TensorRT is planned)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), help="default: fp32 for onnx, fp16 for coreml")
+    coreml = p.add_argument_group("Core ML (--target coreml)")
+    coreml.add_argument("--deployment-target", choices=("iOS18", "macOS15", "iOS17"))
+    coreml.add_argument(
+        "--compute-units",
+        choices=("all", "cpu_and_gpu", "cpu_and_ne"),
+        help="all (default) and cpu_and_ne get the Neural Engine's split-einsum attention, cpu_and_gpu the plain one",
+    )
+    coreml.add_argument("--sizes", help="image sizes, one function each: WxH[,WxH...] (default 1024x1024)")
+    coreml.add_argument("--prompt-lengths", help="prompt-length buckets in tokens, e.g. 128,512 (the default)")
+    coreml.add_argument(
+        "--compress",
+        choices=("int8", "int4", "palettize4", "palettize6", "mixed"),
+        help="weight compression; mixed: 4-bit palettes, the INT8 recipe's high-precision layers at 8 bits",
+    )
+    coreml.add_argument(
+        "--max-chunk-mb",
+        type=float,
+        help="cut the transformer into packages of at most this many MB of weights "
+        "(default 1024 where the Neural Engine may run it, the limit iOS loads; none for cpu_and_gpu)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--components", help="comma-separated subset (default: all)")
     p.add_argument("--seed", type=int, default=0, help="stand-in weights' seed (with --preset)")

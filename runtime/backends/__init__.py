@@ -33,6 +33,7 @@ class Backend(Protocol):
 class Entry:
     module: str  # defines `open(name, model, artifacts, threads) -> Backend`
     needs: str  # "model": a model directory (--model); "artifacts": exported graphs (--artifacts)
+    target: str | None = None  # the export target whose artifacts it runs
 
 
 NEEDS = {
@@ -43,8 +44,15 @@ REGISTRY = {
     "torch": Entry("qiedge.runtime.backends.pytorch", "model"),
     "torch-compile": Entry("qiedge.runtime.backends.pytorch", "model"),
     "torch-bf16": Entry("qiedge.runtime.backends.pytorch", "model"),
-    "onnxruntime": Entry("qiedge.runtime.backends.onnx_runtime", "artifacts"),
+    "onnxruntime": Entry("qiedge.runtime.backends.onnx_runtime", "artifacts", "onnx"),
+    "coreml": Entry("qiedge.runtime.backends.coreml", "artifacts", "coreml"),
 }
+
+
+def backend_for(artifacts) -> str:
+    """The backend that runs an artifacts directory's target."""
+    target = artifacts.manifest["target"]
+    return next(name for name, entry in REGISTRY.items() if entry.target == target)
 
 
 def open_backend(name: str, model=None, artifacts=None, threads: int | None = None) -> Backend:
@@ -54,4 +62,9 @@ def open_backend(name: str, model=None, artifacts=None, threads: int | None = No
     entry = REGISTRY[name]
     if {"model": model, "artifacts": artifacts}[entry.needs] is None:
         raise ValueError(f"the {name} backend {NEEDS[entry.needs]}")
+    if entry.needs == "artifacts" and artifacts.manifest["target"] != entry.target:
+        raise ValueError(
+            f"{artifacts.path} holds {artifacts.manifest['target']} artifacts; the {name} backend runs "
+            f"{entry.target} ones: use --backend {backend_for(artifacts)}"
+        )
     return importlib.import_module(entry.module).open(name, model, artifacts, threads)

@@ -1,0 +1,354 @@
+"""The Core ML target: ML Programs, one multifunction `.mlpackage` per artifacts folder (or per
+chunk of the transformer).
+
+Core ML runs fastest on fixed shapes, so each graph is converted once per bucket (core/buckets.py:
+an image size, a prompt length, or both) and the buckets become functions of one package whose
+weights are stored once; the transformer's prefix and step graphs are functions of the same
+package. Where the Neural Engine may run it, the transformer is cut into chunks of at most
+`max_chunk_mb` of weights (export/chunks.py), each its own package. iOS17 has no multifunction
+packages, so there each graph is its own package with one bucket.
+
+Stages (export/stages.py runs them):
+1. convert, one unit (a component or a chunk) at a time: its weights streamed from the source
+   into the reference wrapper, then per bucket `torch.export` at the bucket's shapes, the
+   decompositions coremltools expects, and coremltools (fp16 compute with the measured fp32
+   islands, export/coreml_fp16.py), integer and boolean inputs as int32 (Core ML has neither
+   int64 nor bool inputs); each function's inputs and outputs must be the spec's; then the
+   optional weight compression (export/coreml_compress.py), and the function staged on disk;
+2. save: each package with every function of its folder so far, read back and checked.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from qiedge.core.buckets import Size, functions
+from qiedge.core.coreml import coremltools
+
+from . import chunks, coreml_attention, coreml_compress, coreml_fp16, coreml_ops
+from .chunks import Chunk
+from .specs import ComponentSpec, ModelConfigs, describe, trace_inputs, trace_size
+from .stages import ExportError, GraphJob, Stage
+
+DEPLOYMENT_TARGETS = ("iOS18", "macOS15", "iOS17")
+COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_and_ne")
+MULTIFUNCTION = ("iOS18", "macOS15")  # deployment targets whose packages may hold several functions
+FUNCTIONS_DIR = ".functions"  # one converted package per function, until the folder's package is saved
+NEURAL_ENGINE_MB = 1024  # the Neural Engine on iOS does not load a model with more weights than this
+
+
+@dataclass(frozen=True)
+class CoreMLOptions:
+    deployment_target: str = "iOS18"
+    compute_units: str = "all"
+    sizes: tuple[Size, ...] = (Size(1024, 1024),)
+    prompt_lengths: tuple[int, ...] = (128, 512)
+    compress: str | None = None
+    sensitive: tuple[str, ...] = ()  # layers `mixed` keeps at 8 bits (checkpoint names, `{last}`: the last block)
+    max_chunk_mb: float | None = None  # None: 1024 where the Neural Engine may run it, else unchunked
+
+    @property
+    def chunk_limit_mb(self) -> float | None:
+        if self.max_chunk_mb is not None:
+            return self.max_chunk_mb
+        return None if self.compute_units == "cpu_and_gpu" else NEURAL_ENGINE_MB
+
+    def check(self) -> None:
+        if self.deployment_target not in DEPLOYMENT_TARGETS:
+            raise ValueError(f"deployment target {self.deployment_target!r}: choose {', '.join(DEPLOYMENT_TARGETS)}")
+        if self.compute_units not in COMPUTE_UNITS:
+            raise ValueError(f"compute units {self.compute_units!r}: choose {', '.join(COMPUTE_UNITS)}")
+        if self.deployment_target not in MULTIFUNCTION and (len(self.sizes) > 1 or len(self.prompt_lengths) > 1):
+            raise ValueError(
+                f"{self.deployment_target} has no multifunction packages: give one size and one prompt length "
+                f"(--prompt-lengths defaults to 128,512), or deploy to {' / '.join(MULTIFUNCTION)}"
+            )
+        coreml_compress.check(self.compress, self.deployment_target)
+        if self.max_chunk_mb is not None and not self.max_chunk_mb > 0:
+            raise ValueError(f"--max-chunk-mb must be positive, got {self.max_chunk_mb}")
+
+    @property
+    def attention(self) -> str:
+        return coreml_attention.layout_for(self.compute_units)
+
+
+class CoreMLInterface(torch.nn.Module):
+    """The graph as Core ML calls it: index and mask inputs arrive as int32 (Core ML has neither
+    int64 nor bool inputs) and are widened or compared inside; an input every bucket fixes empty
+    (the condition latents: no bucket has condition images) is no input at all, since a
+    zero-sized array is not something to hand Core ML, and is made empty inside."""
+
+    def __init__(self, graph: torch.nn.Module, spec: ComponentSpec, empty: dict[str, tuple[int, ...]]):
+        super().__init__()
+        self.wrapped, self.spec, self.empty = graph, spec, empty
+
+    def forward(self, *args):
+        widen = {"bool": lambda v: v != 0, "int64": lambda v: v.long()}
+        given = iter(args)
+        inputs = [
+            torch.zeros(self.empty[t.name]) if t.name in self.empty else widen.get(t.dtype, lambda v: v)(next(given))
+            for t in self.spec.inputs
+        ]
+        return self.wrapped(*inputs)
+
+
+def empty_inputs(spec: ComponentSpec, configs: ModelConfigs, dims: dict) -> dict[str, tuple[int, ...]]:
+    """The inputs a bucket fixes to zero elements, with their shapes."""
+    shapes = {t.name: tuple(trace_size(d, configs, dims) for d in t.shape) for t in spec.inputs}
+    return {name: shape for name, shape in shapes.items() if 0 in shape}
+
+
+def interface(spec: ComponentSpec, configs: ModelConfigs, precision: str, empty) -> dict:
+    """The manifest's inputs and outputs as Core ML takes and returns them (int32 indices and masks)."""
+    as_coreml = {"int64": "int32", "bool": "int32"}
+
+    def tensors(specs):
+        described = describe(specs, configs, precision)
+        return [t | {"dtype": as_coreml.get(t["dtype"], t["dtype"])} for t in described if t["name"] not in empty]
+
+    return {"inputs": tensors(spec.inputs), "outputs": tensors(spec.outputs), "empty_inputs": sorted(empty)}
+
+
+def coreml_dtype(dtype: str, precision: str):
+    """The numpy dtype Core ML sees for a contract dtype ('float' follows the precision)."""
+    if dtype == "float":
+        return np.float16 if precision == "fp16" else np.float32
+    return {"float32": np.float32, "int64": np.int32, "bool": np.int32}[dtype]
+
+
+def load_module(spec: ComponentSpec, configs: ModelConfigs, source, extras: dict) -> torch.nn.Module:
+    """The spec's wrapper with every parameter and buffer streamed in from the source (or the
+    config's constants), built on the meta device first so nothing is allocated twice."""
+    with torch.device("meta"):
+        module = spec.build(configs).eval()
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if not tensor.is_meta:
+            continue
+        key = name.removeprefix(spec.key_prefix)
+        if key in extras:
+            value = torch.from_numpy(np.asarray(extras[key])).reshape(tensor.shape)
+        elif key in source:
+            value = torch.from_numpy(source.get(key, torch.float32))
+        else:
+            raise ExportError(f"{spec.name}: weight {name} has no source (checkpoint key {key})")
+        owner, _, leaf = name.rpartition(".")
+        parent = module.get_submodule(owner)
+        if isinstance(tensor, torch.nn.Parameter):
+            setattr(parent, leaf, torch.nn.Parameter(value, requires_grad=False))
+        else:
+            parent._buffers[leaf] = value
+    return module
+
+
+def convert(module, spec: ComponentSpec, configs: ModelConfigs, dims: dict, precision: str, options: CoreMLOptions):
+    """One function: the module exported at one bucket's shapes and converted to an ML Program."""
+    ct = coremltools()
+    coreml_ops.register()
+    empty = empty_inputs(spec, configs, dims)
+    example = trace_inputs(spec, configs, torch.float32, sizes=dims)
+    given = [t for t in spec.inputs if t.name not in empty]
+    args = tuple(v.int() if v.dtype in (torch.int64, torch.bool) else v for v in (example[t.name] for t in given))
+    with torch.no_grad(), coreml_attention.layout(options.attention):
+        graph = CoreMLInterface(module, spec, empty)
+        program = torch.export.export(graph, args, strict=False).run_decompositions({})
+    inputs = [
+        ct.TensorType(name=t.name, shape=tuple(a.shape), dtype=coreml_dtype(t.dtype, precision))
+        for t, a in zip(given, args)
+    ]
+    outputs = [ct.TensorType(name=t.name, dtype=coreml_dtype(t.dtype, precision)) for t in spec.outputs]
+    return ct.convert(
+        program,
+        convert_to="mlprogram",
+        inputs=inputs,
+        outputs=outputs,
+        minimum_deployment_target=getattr(ct.target, options.deployment_target),
+        compute_precision=coreml_fp16.compute_precision(precision, spec.weights),
+        compute_units=getattr(ct.ComputeUnit, options.compute_units.upper()),
+        skip_model_load=True,
+    )
+
+
+def _dropped(job: GraphJob) -> int:
+    """The chat template's system-turn tokens, from the artifacts' own tokenizer: the encoder
+    reads them, the transformer does not, so a prompt bucket of n tokens feeds the encoder n + this."""
+    from qiedge.core.artifacts import TOKENIZER
+    from qiedge.core.tokenizer import PromptTokenizer
+
+    return PromptTokenizer(job.folder.parent / TOKENIZER).drop
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One graph the target converts: a component, or one chunk of it, into one package."""
+
+    spec: ComponentSpec
+    package: str  # the package's name in the component's folder, without .mlpackage
+    chunk: Chunk | None = None
+    functions: dict[str, dict] = field(default_factory=dict)  # function name -> the dims it fixes
+
+
+class CoreMLTarget:
+    name = "coreml"
+    tools = ("torch", "coremltools", "transformers")
+    default_precision = "fp16"
+    # The one-shot transformer graph exists for targets that cannot pass K/V between calls.
+    components = ("condition_encoder", "transformer_prefix", "transformer_step", "vae_encoder", "vae_decoder")
+
+    def __init__(self, options: CoreMLOptions = CoreMLOptions()):
+        self.options = options
+
+    def configured(self, **options) -> CoreMLTarget:
+        chosen = replace(self.options, **options)
+        chosen.check()
+        return CoreMLTarget(chosen)
+
+    @property
+    def multifunction(self) -> bool:
+        return self.options.deployment_target in MULTIFUNCTION
+
+    def stages(self, passes: Sequence[Stage]) -> list[Stage]:
+        if passes:
+            raise ExportError("Q/DQ passes are ONNX-only; Core ML packages compress with --compress")
+        return [Stage("convert", self._convert), Stage("save", self._save, self._check_saved)]
+
+    def _units(self, job: GraphJob) -> list[Unit]:
+        spec, o = job.spec, self.options
+        if spec.name in chunks.CHUNKED and "chunks" not in job.shared:
+            limit = o.chunk_limit_mb
+            float_bytes = {"fp16": 2, "fp32": 4}[self._precision(job)]
+
+            def stored(key, shape):
+                return coreml_compress.stored_bytes(o.compress, float_bytes, key, shape, self._sensitive(job))
+
+            job.shared["chunks"] = chunks.plan(job.configs, stored, limit) if limit else []
+        planned = job.shared.get("chunks", [])
+        if len(planned) <= 1:
+            return [Unit(spec, "model" if self.multifunction else spec.stem)]
+        return [
+            Unit(chunks.chunk_spec(spec, c), c.package if self.multifunction else f"{spec.stem}_{c.package}", c)
+            for c in planned
+        ]
+
+    def _precision(self, job: GraphJob) -> str:
+        return {torch.float16: "fp16", torch.float32: "fp32"}[job.precision]
+
+    def _convert(self, job: GraphJob) -> None:
+        """Each unit in turn: its weights loaded, every bucket converted, checked and compressed,
+        each function staged as its own package; then its weights are dropped (one chunk's
+        weights in memory at a time)."""
+        o, precision = self.options, self._precision(job)
+        staged = job.shared.setdefault("staged", {})  # package -> function -> staged package path
+        job.graph = self._units(job)
+        for unit in job.graph:
+            module = load_module(unit.spec, job.configs, job.source, job.extras)
+            used = {str(d).rpartition("*")[2] for t in (*unit.spec.inputs, *unit.spec.outputs) for d in t.shape}
+            unit.functions.update(functions(unit.spec.stem, used, o.sizes, o.prompt_lengths, _dropped(job)))
+            if not self.multifunction:
+                unit.functions.update({"main": unit.functions.popitem()[1]})
+            for name, dims in unit.functions.items():
+                model = convert(module, unit.spec, job.configs, dims, precision, o)
+                _check_interface(model, unit.spec, name, empty_inputs(unit.spec, job.configs, dims))
+                path = job.folder / FUNCTIONS_DIR / unit.package / f"{name}.mlpackage"
+                mode = coreml_compress.mode_for(o.compress, job.spec.weights)
+                coreml_compress.compress(model, mode, unit.spec.key_prefix, self._sensitive(job)).save(str(path))
+                staged.setdefault(unit.package, {})[name] = path
+            del module
+
+    def _sensitive(self, job: GraphJob) -> tuple[str, ...]:
+        last = str(job.configs.transformer.num_layers - 1)
+        return tuple(p.replace("{last}", last) for p in self.options.sensitive)
+
+    def _save(self, job: GraphJob) -> None:
+        """Every package this component added functions to, with all of its folder's functions."""
+        ct = coremltools()
+        staged = job.shared["staged"]
+        for unit in job.graph:
+            target = job.folder / f"{unit.package}.mlpackage"
+            shutil.rmtree(target, ignore_errors=True)
+            if not self.multifunction:
+                shutil.copytree(staged[unit.package]["main"], target)
+                continue
+            descriptor = ct.utils.MultiFunctionDescriptor()
+            for name, path in staged[unit.package].items():
+                descriptor.add_function(str(path), src_function_name="main", target_function_name=name)
+            descriptor.default_function_name = next(iter(staged[unit.package]))
+            ct.utils.save_multifunction(descriptor, str(target))
+        job.path = job.folder / f"{job.graph[0].package}.mlpackage"
+
+    def _check_saved(self, job: GraphJob) -> None:
+        ct = coremltools()
+        for unit in job.graph:
+            path = job.folder / f"{unit.package}.mlpackage"
+            saved = ct.models.MLModel(str(path), skip_model_load=True).get_spec().mlProgram.functions
+            missing = [name for name in unit.functions if name not in saved]
+            if missing:
+                raise ExportError(f"{job.spec.name}: {path.name} lacks function(s) {', '.join(missing)}")
+
+    def entry(self, job: GraphJob) -> dict:
+        o, precision = self.options, self._precision(job)
+        units = job.graph
+        record = {
+            "deployment_target": o.deployment_target,
+            "compute_units": o.compute_units,
+            "attention": o.attention,
+            "compression": coreml_compress.record(
+                coreml_compress.mode_for(o.compress, job.spec.weights), self._sensitive(job)
+            ),
+            "fp32_ops": coreml_fp16.record(precision, job.spec.weights),
+        }
+
+        def io(spec: ComponentSpec) -> dict:
+            """Inputs and outputs as Core ML sees them (every bucket empties the same inputs)."""
+            dims = next(iter(units[0].functions.values()))
+            return interface(spec, job.configs, precision, empty_inputs(spec, job.configs, dims))
+
+        whole = io(job.spec)
+        if units[0].chunk is None:
+            return record | whole | {"functions": units[0].functions}
+        return (
+            record
+            | whole
+            | {
+                "chunks": [
+                    {
+                        "graph": f"{job.spec.folder}/{u.package}.mlpackage",
+                        "layers": [u.chunk.layers.start, u.chunk.layers.stop],
+                        # Tensors holding every layer in the component, this chunk's layers here.
+                        "layered": [t.name for t in (*job.spec.inputs, *job.spec.outputs) if t.shape[0] == "layers"],
+                        **io(u.spec),
+                        "functions": u.functions,
+                    }
+                    for u in units
+                ]
+            }
+        )
+
+    def manifest(self) -> dict:
+        """The buckets, so a runtime refuses a request none of them holds before loading anything."""
+        sizes, lengths = [str(s) for s in self.options.sizes], list(self.options.prompt_lengths)
+        return {"buckets": {"sizes": sizes, "prompt_lengths": lengths}}
+
+    def finish(self, root: Path) -> None:
+        """Drop the per-function packages once every folder's package is saved."""
+        for staged in root.glob(f"*/{FUNCTIONS_DIR}"):
+            shutil.rmtree(staged)
+
+    def files(self, root: Path, entry: dict) -> list[Path]:
+        packages = [c["graph"] for c in entry.get("chunks", [])] or [entry["graph"]]
+        return sorted(f for package in packages for f in (root / package).rglob("*") if f.is_file())
+
+
+def _check_interface(model, spec: ComponentSpec, function: str, empty) -> None:
+    description = model.get_spec().description
+    found = ([i.name for i in description.input], [o.name for o in description.output])
+    expected = ([t.name for t in spec.inputs if t.name not in empty], [t.name for t in spec.outputs])
+    if found != expected:
+        raise ExportError(f"{spec.name}: function {function} takes/returns {found}, the spec {expected}")
+
+
+TARGET = CoreMLTarget()
