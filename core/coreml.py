@@ -15,8 +15,8 @@ def coremltools() -> ModuleType:
     if "coremltools" in sys.modules:
         return sys.modules["coremltools"]
     # Its import logs one warning per macOS-only proxy and one about untested torch versions, and
-    # conversion a warning per int64 constant it narrows and per weight a compression mode skips
-    # (recorded in the manifest instead): qiedge reports errors, not those.
+    # conversion one per int64 constant it narrows (qiedge's indices fit int32) and per weight a
+    # compression mode leaves fp16 (rows not a multiple of the group: small layers of small models).
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     try:
         import coremltools

@@ -18,6 +18,7 @@ from torch import nn
 from .specs import ComponentSpec, ModelConfigs
 
 CHUNKED = ("transformer_prefix", "transformer_step")
+HANDED = "_in"  # the suffix of a chunk's inputs that an earlier chunk returned
 EMBEDDERS = ("img_in", "txt_in", "time_text_embed", "modulation")
 OUTPUT = ("norm_out", "proj_out")
 
@@ -111,22 +112,25 @@ class StepChunkGraph(ChunkGraph):
 
 def _contract(component: str, chunk: Chunk) -> Contract:
     """The chunk's inputs and outputs: the component's own, with K/V cut to the chunk's layers,
-    plus the hidden states, timestep embedding and modulation handed from chunk to chunk."""
+    plus the hidden states, timestep embedding and modulation handed from chunk to chunk. What a
+    chunk takes from an earlier one is named with HANDED (Core ML names no tensor both an input
+    and an output of one function, and a middle chunk takes and returns `hidden`)."""
     whole = CONTRACTS[component]
     sequence = "prefix" if component == "transformer_prefix" else "target"
     hidden = TensorSpec("hidden", FLOAT, ("batch", sequence, "inner"))
     temb = TensorSpec("temb", FLOAT, ("batch", "inner"))
     # The prefix is modulated at t = 0 for every row: one modulation for the batch.
     mod = TensorSpec("modulation", FLOAT, (1, 1, "modulation") if sequence == "prefix" else ("batch", 1, "modulation"))
+    hidden_in, temb_in, mod_in = (replace(t, name=t.name + HANDED) for t in (hidden, temb, mod))
 
     def layered(t: TensorSpec) -> TensorSpec:
         return replace(t, shape=(len(chunk.layers), *t.shape[1:])) if t.shape[0] == "layers" else t
 
     if component == "transformer_prefix":
-        head = whole.inputs if chunk.first else (hidden, mod, *whole.inputs[3:])
+        head = whole.inputs if chunk.first else (hidden_in, mod_in, *whole.inputs[3:])
         handed = () if chunk.last else ((hidden, mod) if chunk.first else (hidden,))
     else:
-        head = whole.inputs if chunk.first else (hidden, temb, mod, *whole.inputs[2:])
+        head = whole.inputs if chunk.first else (hidden_in, temb_in, mod_in, *whole.inputs[2:])
         handed = whole.outputs if chunk.last else ((hidden, temb, mod) if chunk.first else (hidden,))
     outputs = tuple(layered(t) for t in whole.outputs) if component == "transformer_prefix" else ()
     return Contract(tuple(layered(t) for t in head), (*handed, *outputs))

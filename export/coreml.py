@@ -8,14 +8,14 @@ package. Where the Neural Engine may run it, the transformer is cut into chunks 
 `max_chunk_mb` of weights (export/chunks.py), each its own package. iOS17 has no multifunction
 packages, so there each graph is its own package with one bucket.
 
-Stages (export/stages.py runs them):
-1. convert, one unit (a component or a chunk) at a time: its weights streamed from the source
-   into the reference wrapper, then per bucket `torch.export` at the bucket's shapes, the
-   decompositions coremltools expects, and coremltools (fp16 compute with the measured fp32
-   islands, export/coreml_fp16.py), integer and boolean inputs as int32 (Core ML has neither
-   int64 nor bool inputs); each function's inputs and outputs must be the spec's; then the
-   optional weight compression (export/coreml_compress.py), and the function staged on disk;
-2. save: each package with every function of its folder so far, read back and checked.
+One stage, "convert" (export/stages.py runs it), one unit (a component or a chunk) at a time: its
+weights streamed from the source into the reference wrapper, then per bucket `torch.export` at
+the bucket's shapes, the decompositions coremltools expects, and coremltools (fp16 compute with
+the measured fp32 islands, export/coreml_fp16.py; converter fixes, export/coreml_ops.py), integer
+and boolean inputs as int32 (Core ML has neither int64 nor bool inputs); each function's inputs
+and outputs must be the spec's; then the optional weight compression (export/coreml_compress.py),
+and the unit's functions added to its package. Its check reads every package back: each must hold
+its functions.
 """
 
 from __future__ import annotations
@@ -25,20 +25,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from qiedge.core.buckets import Size, functions
 from qiedge.core.coreml import coremltools
 
-from . import chunks, coreml_attention, coreml_compress, coreml_fp16, coreml_ops
+from . import chunks, coreml_attention, coreml_compress, coreml_fp16
 from .chunks import Chunk
-from .specs import ComponentSpec, ModelConfigs, describe, trace_inputs, trace_size
+from .coreml_convert import convert, empty_inputs, interface, load_module
+from .specs import ComponentSpec
 from .stages import ExportError, GraphJob, Stage
 
 DEPLOYMENT_TARGETS = ("iOS18", "macOS15", "iOS17")
 COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_and_ne")
 MULTIFUNCTION = ("iOS18", "macOS15")  # deployment targets whose packages may hold several functions
-FUNCTIONS_DIR = ".functions"  # one converted package per function, until the folder's package is saved
+FUNCTIONS_DIR = ".functions"  # one converted package per function, until added to its package
 NEURAL_ENGINE_MB = 1024  # the Neural Engine on iOS does not load a model with more weights than this
 
 
@@ -75,102 +75,6 @@ class CoreMLOptions:
     @property
     def attention(self) -> str:
         return coreml_attention.layout_for(self.compute_units)
-
-
-class CoreMLInterface(torch.nn.Module):
-    """The graph as Core ML calls it: index and mask inputs arrive as int32 (Core ML has neither
-    int64 nor bool inputs) and are widened or compared inside; an input every bucket fixes empty
-    (the condition latents: no bucket has condition images) is no input at all, since a
-    zero-sized array is not something to hand Core ML, and is made empty inside."""
-
-    def __init__(self, graph: torch.nn.Module, spec: ComponentSpec, empty: dict[str, tuple[int, ...]]):
-        super().__init__()
-        self.wrapped, self.spec, self.empty = graph, spec, empty
-
-    def forward(self, *args):
-        widen = {"bool": lambda v: v != 0, "int64": lambda v: v.long()}
-        given = iter(args)
-        inputs = [
-            torch.zeros(self.empty[t.name]) if t.name in self.empty else widen.get(t.dtype, lambda v: v)(next(given))
-            for t in self.spec.inputs
-        ]
-        return self.wrapped(*inputs)
-
-
-def empty_inputs(spec: ComponentSpec, configs: ModelConfigs, dims: dict) -> dict[str, tuple[int, ...]]:
-    """The inputs a bucket fixes to zero elements, with their shapes."""
-    shapes = {t.name: tuple(trace_size(d, configs, dims) for d in t.shape) for t in spec.inputs}
-    return {name: shape for name, shape in shapes.items() if 0 in shape}
-
-
-def interface(spec: ComponentSpec, configs: ModelConfigs, precision: str, empty) -> dict:
-    """The manifest's inputs and outputs as Core ML takes and returns them (int32 indices and masks)."""
-    as_coreml = {"int64": "int32", "bool": "int32"}
-
-    def tensors(specs):
-        described = describe(specs, configs, precision)
-        return [t | {"dtype": as_coreml.get(t["dtype"], t["dtype"])} for t in described if t["name"] not in empty]
-
-    return {"inputs": tensors(spec.inputs), "outputs": tensors(spec.outputs), "empty_inputs": sorted(empty)}
-
-
-def coreml_dtype(dtype: str, precision: str):
-    """The numpy dtype Core ML sees for a contract dtype ('float' follows the precision)."""
-    if dtype == "float":
-        return np.float16 if precision == "fp16" else np.float32
-    return {"float32": np.float32, "int64": np.int32, "bool": np.int32}[dtype]
-
-
-def load_module(spec: ComponentSpec, configs: ModelConfigs, source, extras: dict) -> torch.nn.Module:
-    """The spec's wrapper with every parameter and buffer streamed in from the source (or the
-    config's constants), built on the meta device first so nothing is allocated twice."""
-    with torch.device("meta"):
-        module = spec.build(configs).eval()
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        if not tensor.is_meta:
-            continue
-        key = name.removeprefix(spec.key_prefix)
-        if key in extras:
-            value = torch.from_numpy(np.asarray(extras[key])).reshape(tensor.shape)
-        elif key in source:
-            value = torch.from_numpy(source.get(key, torch.float32))
-        else:
-            raise ExportError(f"{spec.name}: weight {name} has no source (checkpoint key {key})")
-        owner, _, leaf = name.rpartition(".")
-        parent = module.get_submodule(owner)
-        if isinstance(tensor, torch.nn.Parameter):
-            setattr(parent, leaf, torch.nn.Parameter(value, requires_grad=False))
-        else:
-            parent._buffers[leaf] = value
-    return module
-
-
-def convert(module, spec: ComponentSpec, configs: ModelConfigs, dims: dict, precision: str, options: CoreMLOptions):
-    """One function: the module exported at one bucket's shapes and converted to an ML Program."""
-    ct = coremltools()
-    coreml_ops.register()
-    empty = empty_inputs(spec, configs, dims)
-    example = trace_inputs(spec, configs, torch.float32, sizes=dims)
-    given = [t for t in spec.inputs if t.name not in empty]
-    args = tuple(v.int() if v.dtype in (torch.int64, torch.bool) else v for v in (example[t.name] for t in given))
-    with torch.no_grad(), coreml_attention.layout(options.attention):
-        graph = CoreMLInterface(module, spec, empty)
-        program = torch.export.export(graph, args, strict=False).run_decompositions({})
-    inputs = [
-        ct.TensorType(name=t.name, shape=tuple(a.shape), dtype=coreml_dtype(t.dtype, precision))
-        for t, a in zip(given, args)
-    ]
-    outputs = [ct.TensorType(name=t.name, dtype=coreml_dtype(t.dtype, precision)) for t in spec.outputs]
-    return ct.convert(
-        program,
-        convert_to="mlprogram",
-        inputs=inputs,
-        outputs=outputs,
-        minimum_deployment_target=getattr(ct.target, options.deployment_target),
-        compute_precision=coreml_fp16.compute_precision(precision, spec.weights),
-        compute_units=getattr(ct.ComputeUnit, options.compute_units.upper()),
-        skip_model_load=True,
-    )
 
 
 def _dropped(job: GraphJob) -> int:
@@ -214,7 +118,7 @@ class CoreMLTarget:
     def stages(self, passes: Sequence[Stage]) -> list[Stage]:
         if passes:
             raise ExportError("Q/DQ passes are ONNX-only; Core ML packages compress with --compress")
-        return [Stage("convert", self._convert), Stage("save", self._save, self._check_saved)]
+        return [Stage("convert", self._convert, self._check_saved)]
 
     def _units(self, job: GraphJob) -> list[Unit]:
         spec, o = job.spec, self.options
@@ -239,46 +143,55 @@ class CoreMLTarget:
 
     def _convert(self, job: GraphJob) -> None:
         """Each unit in turn: its weights loaded, every bucket converted, checked and compressed,
-        each function staged as its own package; then its weights are dropped (one chunk's
-        weights in memory at a time)."""
+        then added to its package; one unit's weights in memory and on disk twice at most."""
         o, precision = self.options, self._precision(job)
-        staged = job.shared.setdefault("staged", {})  # package -> function -> staged package path
+        mode, sensitive, dropped = (
+            coreml_compress.mode_for(o.compress, job.spec.weights),
+            self._sensitive(job),
+            _dropped(job),
+        )
         job.graph = self._units(job)
         for unit in job.graph:
             module = load_module(unit.spec, job.configs, job.source, job.extras)
             used = {str(d).rpartition("*")[2] for t in (*unit.spec.inputs, *unit.spec.outputs) for d in t.shape}
-            unit.functions.update(functions(unit.spec.stem, used, o.sizes, o.prompt_lengths, _dropped(job)))
+            unit.functions.update(functions(unit.spec.stem, used, o.sizes, o.prompt_lengths, dropped))
             if not self.multifunction:
                 unit.functions.update({"main": unit.functions.popitem()[1]})
+            staged = {}
             for name, dims in unit.functions.items():
                 model = convert(module, unit.spec, job.configs, dims, precision, o)
                 _check_interface(model, unit.spec, name, empty_inputs(unit.spec, job.configs, dims))
-                path = job.folder / FUNCTIONS_DIR / unit.package / f"{name}.mlpackage"
-                mode = coreml_compress.mode_for(o.compress, job.spec.weights)
-                coreml_compress.compress(model, mode, unit.spec.key_prefix, self._sensitive(job)).save(str(path))
-                staged.setdefault(unit.package, {})[name] = path
+                staged[name] = job.folder / FUNCTIONS_DIR / f"{name}.mlpackage"
+                compressed = coreml_compress.compress(model, mode, unit.spec.key_prefix, sensitive)
+                compressed.save(str(staged[name]))
+                _discard(model, compressed)
             del module
+            self._add_functions(job.folder / f"{unit.package}.mlpackage", staged)
+            shutil.rmtree(job.folder / FUNCTIONS_DIR)
+        job.path = job.folder / f"{job.graph[0].package}.mlpackage"
+
+    def _add_functions(self, package: Path, staged: dict[str, Path]) -> None:
+        """The package with the functions it holds (an earlier component's: the prefix's, when
+        the step's are added) and the staged ones; identical weights are stored once."""
+        ct = coremltools()
+        if not self.multifunction:
+            shutil.copytree(staged["main"], package)
+            return
+        descriptor = ct.utils.MultiFunctionDescriptor()
+        held = ct.models.MLModel(str(package), skip_model_load=True).get_spec() if package.exists() else None
+        for name in held.mlProgram.functions if held else ():
+            descriptor.add_function(str(package), src_function_name=name, target_function_name=name)
+        for name, path in staged.items():
+            descriptor.add_function(str(path), src_function_name="main", target_function_name=name)
+        descriptor.default_function_name = held.description.defaultFunctionName if held else next(iter(staged))
+        merged = package.with_name(f".{package.name}")
+        ct.utils.save_multifunction(descriptor, str(merged))
+        shutil.rmtree(package, ignore_errors=True)
+        merged.rename(package)
 
     def _sensitive(self, job: GraphJob) -> tuple[str, ...]:
         last = str(job.configs.transformer.num_layers - 1)
         return tuple(p.replace("{last}", last) for p in self.options.sensitive)
-
-    def _save(self, job: GraphJob) -> None:
-        """Every package this component added functions to, with all of its folder's functions."""
-        ct = coremltools()
-        staged = job.shared["staged"]
-        for unit in job.graph:
-            target = job.folder / f"{unit.package}.mlpackage"
-            shutil.rmtree(target, ignore_errors=True)
-            if not self.multifunction:
-                shutil.copytree(staged[unit.package]["main"], target)
-                continue
-            descriptor = ct.utils.MultiFunctionDescriptor()
-            for name, path in staged[unit.package].items():
-                descriptor.add_function(str(path), src_function_name="main", target_function_name=name)
-            descriptor.default_function_name = next(iter(staged[unit.package]))
-            ct.utils.save_multifunction(descriptor, str(target))
-        job.path = job.folder / f"{job.graph[0].package}.mlpackage"
 
     def _check_saved(self, job: GraphJob) -> None:
         ct = coremltools()
@@ -295,7 +208,8 @@ class CoreMLTarget:
         record = {
             "deployment_target": o.deployment_target,
             "compute_units": o.compute_units,
-            "attention": o.attention,
+            # The split layout rewrites the transformer's attention; the others keep theirs.
+            "attention": o.attention if job.spec.weights == "transformer" else coreml_attention.PLAIN,
             "compression": coreml_compress.record(
                 coreml_compress.mode_for(o.compress, job.spec.weights), self._sensitive(job)
             ),
@@ -333,14 +247,17 @@ class CoreMLTarget:
         sizes, lengths = [str(s) for s in self.options.sizes], list(self.options.prompt_lengths)
         return {"buckets": {"sizes": sizes, "prompt_lengths": lengths}}
 
-    def finish(self, root: Path) -> None:
-        """Drop the per-function packages once every folder's package is saved."""
-        for staged in root.glob(f"*/{FUNCTIONS_DIR}"):
-            shutil.rmtree(staged)
-
     def files(self, root: Path, entry: dict) -> list[Path]:
         packages = [c["graph"] for c in entry.get("chunks", [])] or [entry["graph"]]
         return sorted(f for package in packages for f in (root / package).rglob("*") if f.is_file())
+
+
+def _discard(*models) -> None:
+    """Delete the temporary packages coremltools writes for converted models now: it would only
+    at exit, and a 7B export would fill the disk with one per function (833 MB each, measured)."""
+    for model in models:
+        if model.is_temp_package and model.package_path:
+            shutil.rmtree(model.package_path, ignore_errors=True)
 
 
 def _check_interface(model, spec: ComponentSpec, function: str, empty) -> None:

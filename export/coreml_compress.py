@@ -25,6 +25,7 @@ BLOCK = 32
 GROUP = 16
 # Weights smaller than this stay fp16: compressing them saves little and costs accuracy.
 MIN_ELEMENTS = 2048
+BITS = {"palettize4": 4, "palettize6": 6, "mixed": 4}
 
 
 COMPRESSED = ("transformer", "text_encoder")  # the checkpoint folders whose weights are compressed
@@ -81,7 +82,7 @@ def compress(model, mode: str | None, key_prefix: str = "", sensitive: tuple[str
     c = coremltools().optimize.coreml
     if mode in ("int8", "int4"):
         return c.linear_quantize_weights(model, c.OptimizationConfig(global_config=_quantizer(mode)))
-    bits = {"palettize4": 4, "palettize6": 6, "mixed": 4}[mode]
+    bits = BITS[mode]
     eight = {n: _palettizer(8) for n in weight_names(model) if mode == "mixed" and matches(n, key_prefix, sensitive)}
     return c.palettize_weights(model, c.OptimizationConfig(global_config=_palettizer(bits), op_name_configs=eight))
 
@@ -101,16 +102,14 @@ def record(mode: str | None, sensitive: tuple[str, ...] = ()) -> dict | None:
 def stored_bytes(mode: str | None, float_bytes: int, key: str, shape: tuple[int, ...], sensitive=()) -> float:
     """Bytes one weight takes in a package: its values, scales and lookup tables (for planning
     chunks before anything is converted)."""
-    elements = math.prod(shape)
-    if mode is None or elements < MIN_ELEMENTS or len(shape) < 2:
+    elements, rows = math.prod(shape), shape[0]
+    # coremltools leaves a weight uncompressed when its blocks or groups do not divide it.
+    skipped = len(shape) < 2 or (mode == "int4" and shape[1] % BLOCK) or (mode in BITS and rows % GROUP)
+    if mode is None or elements < MIN_ELEMENTS or skipped:
         return elements * float_bytes
-    rows = shape[0]
     if mode == "int8":
         return elements + rows * float_bytes
     if mode == "int4":
         return elements / 2 + elements / BLOCK * float_bytes
-    bits = 8 if mode == "mixed" and any(fnmatch.fnmatchcase(key, p + ".weight") for p in sensitive) else _BITS[mode]
-    return elements * bits / 8 + math.ceil(rows / GROUP) * 2**bits * float_bytes
-
-
-_BITS = {"palettize4": 4, "palettize6": 6, "mixed": 4}
+    bits = 8 if mode == "mixed" and any(fnmatch.fnmatchcase(key, p + ".weight") for p in sensitive) else BITS[mode]
+    return elements * bits / 8 + rows // GROUP * 2**bits * float_bytes

@@ -93,9 +93,9 @@ class ActivationRanges:
         for t in tensors:
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
                 magnitude = t.detach().abs()
-                # Masked attention scores hold the lowest finite fp16 on purpose (softmax subtracts
-                # the row's max): what can overflow is every other score.
-                magnitude = magnitude[magnitude < FP16_MAX]
+                # Masked attention scores hold the lowest finite fp16 exactly, on purpose (softmax
+                # subtracts the row's max): every other value counts, overflow included.
+                magnitude = magnitude[magnitude != FP16_MAX]
                 peak = float(magnitude.max()) if magnitude.numel() else 0.0
                 self.maxima[name] = max(self.maxima.get(name, 0.0), peak)
                 return  # the first output is the op's result (the others are saved statistics)

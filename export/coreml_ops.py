@@ -1,7 +1,9 @@
 """Converters for the aten ops coremltools 9 lacks, or converts wrongly, that the reference and
-transformers emit; registered into coremltools' torch frontend before each conversion."""
+transformers emit; in coremltools' torch frontend only while qiedge converts."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 
 def _new_ones(context, node):
@@ -42,11 +44,21 @@ def _gelu(context, node):
     context.add(mb.gelu(x=inputs[0], mode=mode, name=node.name))
 
 
-def register() -> None:
+@contextmanager
+def converters():
     from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY as registry
 
     # Under both spellings: the support check looks up the fx node's kind, the converter its
     # sanitized name.
     logical = ("__and__", "and", "bitwise_and", "__or__", "or", "bitwise_or")
-    for name, convert in [("new_ones", _new_ones), ("gelu", _gelu)] + [(n, _logical) for n in logical]:
-        registry.set_func_by_name(convert, name)
+    ours = {"new_ones": _new_ones, "gelu": _gelu, **dict.fromkeys(logical, _logical)}
+    theirs = {name: registry.name_to_func_mapping.get(name) for name in ours}
+    registry.name_to_func_mapping.update(ours)
+    try:
+        yield
+    finally:
+        for name, convert in theirs.items():
+            if convert is None:
+                del registry.name_to_func_mapping[name]
+            else:
+                registry.name_to_func_mapping[name] = convert

@@ -235,9 +235,6 @@ class OnnxTarget:
         graph = root / entry["graph"]
         return [graph, graph.parent / WEIGHTS_FILE]
 
-    def finish(self, root: Path) -> None:
-        pass
-
     def manifest(self) -> dict:
         return {}
 

@@ -114,7 +114,6 @@ def export_artifacts(
                 entries[name].update(p.entry)
             if on_component:
                 on_component(name, time.perf_counter() - start)
-        chosen.finish(tmp)
         manifest = _manifest(tmp, chosen, entries, configs, model, preset, precision, seed) | (extra or {})
         (tmp / MANIFEST).write_text(_dumps(manifest))
     return manifest

@@ -79,8 +79,6 @@ class Target(Protocol):
 
     def files(self, root: Path, entry: dict) -> list[Path]: ...  # every file a manifest entry needs, hashed
 
-    def finish(self, root: Path) -> None: ...  # after every component, before the manifest
-
     def manifest(self) -> dict: ...  # the target's fields at the manifest's top level
 
 

@@ -17,33 +17,34 @@ from qiedge.runtime.backends import Session
 from qiedge.runtime.bucketed import BucketError
 
 # The project's numerics bounds, per component as (metric, bound) and for whole images as PSNR:
-# fp32 graphs <= 1e-5 relative L2; fp16 graphs >= 35 dB PSNR (components against the reference's
-# own peak); INT8 / FP8 ones velocity cosine >= 0.99 (relative error about 0.14) and images
-# >= 30 dB. Those bounds say nothing of weight-only INT4; these are qiedge's own, looser still.
+# fp32 graphs <= 1e-5 relative L2; fp16 graphs are judged on the final image (>= 35 dB), their
+# components reported against 1e-2; INT8 / FP8 ones velocity cosine >= 0.99 (relative error about
+# 0.14) and images >= 30 dB. Those bounds say nothing of weight-only INT4; these are qiedge's own,
+# looser still.
 COMPONENT_BOUND = {
     "fp32": ("rel_l2", 1e-5),
-    "fp16": ("psnr_db", 35.0),
+    "fp16": ("rel_l2", 1e-2),
     "int8": ("rel_l2", 0.15),
     "fp8": ("rel_l2", 0.15),
     "int4": ("rel_l2", 0.3),
 }
 IMAGE_PSNR = {"fp32": 50.0, "fp16": 35.0, "int8": 30.0, "fp8": 30.0, "int4": 25.0}
-# Core ML weight compression on fp16 packages: 8- and 6-bit keep fp16's bound; the 4-bit modes
-# state their own, from what they measured: 24.3 dB worst component (the tiny model's prefix
-# K/V) in CI, the demo checkpoint's figures in the README (bench/coreml_matrix.py).
-COMPRESSED_PSNR = {"int8": 35.0, "palettize6": 35.0, "int4": 20.0, "palettize4": 20.0, "mixed": 20.0}
+# Core ML packages, whose fp16 is rounded after every op, are judged per component by PSNR
+# against the reference's peak (>= 35 dB), by compression mode: 8- and 6-bit keep fp16's bound;
+# the 4-bit modes state their own, from what they measured: 24.3 dB worst component (the tiny
+# model's prefix K/V) in CI, the demo checkpoint's figures in the README (bench/coreml_matrix.py).
+COREML_PSNR = {None: 35.0, "int8": 35.0, "palettize6": 35.0, "int4": 20.0, "palettize4": 20.0, "mixed": 20.0}
 
 
-def component_bound(entry: dict) -> tuple[str, float]:
-    compression = entry.get("compression")
-    if compression:
-        return "psnr_db", COMPRESSED_PSNR[compression["mode"]]
+def component_bound(entry: dict, target: str) -> tuple[str, float]:
+    if target == "coreml" and entry["precision"] == "fp16":
+        return "psnr_db", COREML_PSNR[(entry.get("compression") or {}).get("mode")]
     return COMPONENT_BOUND[entry["precision"]]
 
 
 def image_bound(manifest: dict) -> float:
     modes = [e["compression"]["mode"] for e in manifest["components"].values() if e.get("compression")]
-    return min([IMAGE_PSNR[manifest["precision"]], *(COMPRESSED_PSNR[m] for m in modes)])
+    return min([IMAGE_PSNR[manifest["precision"]], *(COREML_PSNR[m] for m in modes)])
 
 
 def _passes(figures: dict, bound: tuple[str, float]) -> bool:
@@ -92,7 +93,7 @@ def compare_component(
         "not_run": not_run,
         "measured": bool(results),  # False: no case fits a fixed-shape target's buckets
         "failures": failures,
-        "passed": not failures,
+        "passed": bool(results) and not failures,
     }
 
 
@@ -137,7 +138,7 @@ def compare_end_to_end(artifacts_path, model_path, threshold_psnr: float) -> dic
             not_run.append(f"{name}: {e}")
             continue
         expected = generate(request, reference.facts, reference.sessions)
-        figures = {"psnr_db": psnr(ours, expected, peak=1.0), **vars(Comparison.of(ours, expected))}
+        figures = {**vars(Comparison.of(ours, expected)), "psnr_db": psnr(ours, expected, peak=1.0)}
         results.append({"case": name, **figures})
         if not figures["psnr_db"] >= threshold_psnr:
             failures.append(f"end to end {name}: PSNR {figures['psnr_db']:.1f} dB < {threshold_psnr} dB")
@@ -171,7 +172,7 @@ def run_parity(artifacts_path, model_path, end_to_end: bool = True) -> dict:
     for name in artifacts.components:
         spec = SPECS[name]
         cache_from = reference.load(spec.cache_from) if spec.cache_from else None
-        bound = component_bound(artifacts.component(name))
+        bound = component_bound(artifacts.component(name), artifacts.manifest["target"])
         cases = spec.cases(context)
         components[name] = compare_component(name, ours.load(name), reference.load(name), cases, bound, cache_from)
     report = {

@@ -196,7 +196,7 @@ def test_compressed_packages_against_the_reference(mode, tiny_dir, tmp_path, unc
     """Every compression mode, the transformer chunked: per component and whole images against the
     fp32 reference (8- and 6-bit at fp16's 35 dB, 4-bit at the looser measured bound), and the
     packages' size against fp16's."""
-    from qiedge.parity.checks import COMPRESSED_PSNR
+    from qiedge.parity.checks import COREML_PSNR
     from qiedge.quantization.recipe import Recipe
 
     out = tmp_path / mode
@@ -212,7 +212,7 @@ def test_compressed_packages_against_the_reference(mode, tiny_dir, tmp_path, unc
     )
     report = run_parity(out, tiny_dir)
     assert report["passed"], report["failures"]
-    assert min(c["psnr_db"] for c in report["end_to_end"]["cases"]) >= COMPRESSED_PSNR[mode]
+    assert min(c["psnr_db"] for c in report["end_to_end"]["cases"]) >= COREML_PSNR[mode]
     manifest = Artifacts.open(out).manifest["components"]
     assert (
         manifest["transformer_step"]["compression"]["mode"] == mode and len(manifest["transformer_step"]["chunks"]) == 2

@@ -84,3 +84,17 @@ def test_a_chunk_limit_below_one_block_is_refused(model):
     configs = model_configs(model, None)
     with pytest.raises(ValueError, match="more than --max-chunk-mb 0.01"):
         chunks.plan(configs, fp16, limit_mb=0.01)
+
+
+def test_chunks_never_name_an_input_as_an_output():
+    """Core ML refuses a function whose input and output share a name: a middle chunk takes the
+    hidden states and returns the next ones (the demo checkpoint's four blocks, one a chunk)."""
+    from qiedge.reference_model.model_dir import demo_model_dir
+
+    configs = model_configs(ModelDir.open(demo_model_dir()), None)
+    plan = chunks.plan(configs, fp16, limit_mb=0.7)
+    assert len(plan) == 4
+    for chunk in plan:
+        for name in chunks.CHUNKED:
+            spec = chunks.chunk_spec(SPECS[name], chunk)
+            assert not {t.name for t in spec.inputs} & {t.name for t in spec.outputs}, (name, chunk)

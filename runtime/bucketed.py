@@ -56,8 +56,8 @@ class BucketedSession:
     def _batch(self, feeds) -> range:
         axes = {n: self._axis(self.inputs[n]) for n in feeds}
         sizes = {v.shape[axes[n]] for n, v in feeds.items() if axes[n] is not None}
-        if len(sizes) != 1:
-            raise ValueError(f"{self.component}: inputs disagree on the batch size: {sorted(sizes)}")
+        if len(sizes) != 1 or not min(sizes):
+            raise ValueError(f"{self.component}: the inputs' batch sizes are {sorted(sizes)}: one, of at least 1")
         return range(sizes.pop())
 
     def _run_one(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -72,10 +72,16 @@ class BucketedSession:
         """The symbolic dims these feeds have (batch 1), read off the declared shapes."""
         dims = {"batch": 1}
         for name, value in feeds.items():
-            for declared, size in zip(self.inputs[name]["shape"], value.shape):
-                if isinstance(declared, str) and declared != "batch":
-                    factor, _, dim = declared.rpartition("*")
-                    dims[dim] = size // int(factor or 1)
+            declared = self.inputs[name]["shape"]
+            if len(declared) != value.ndim:
+                raise ValueError(f"{self.component}: {name} has shape {value.shape}, declared {declared}")
+            for symbol, size in zip(declared, value.shape):
+                if not isinstance(symbol, str) or symbol == "batch":
+                    continue
+                factor, _, dim = symbol.rpartition("*")
+                count, rest = divmod(size, int(factor or 1))
+                if rest or dims.setdefault(dim, count) != count:
+                    raise ValueError(f"{self.component}: {name}'s {symbol} ({size}) disagrees with the other inputs")
         return dims
 
     def _choose(self, actual: dict[str, int]) -> str:

@@ -9,6 +9,8 @@ import numpy as np
 
 from .backends import Session
 
+HANDED = "_in"  # what a chunk takes from an earlier one is named so (export/chunks.py)
+
 
 class ChainedSession:
     def __init__(self, chunks: list[tuple[Session, dict]], outputs: list[str]):
@@ -20,7 +22,8 @@ class ChainedSession:
         for session, chunk in self.chunks:
             start, stop = chunk["layers"]
             layered = set(chunk["layered"])
-            out = session.run({**{n: v[start:stop] if n in layered else v for n, v in feeds.items()}, **handed})
+            inputs = {n: v[start:stop] if n in layered else v for n, v in feeds.items()}
+            out = session.run({**inputs, **{name + HANDED: value for name, value in handed.items()}})
             for name, value in out.items():
                 if name in layered:
                     per_layer.setdefault(name, []).append(value)

@@ -71,3 +71,12 @@ def test_session_refuses_a_size_without_bucket_naming_the_buckets():
     feeds = {"x": np.zeros((1, 8, 2)), "keys": np.zeros((1, 9)), "valid": np.ones((1, 9), bool)}
     with pytest.raises(BucketError, match="a prompt of 9 tokens"):
         session.run(feeds)
+
+
+def test_session_refuses_inputs_that_disagree():
+    session = BucketedSession("demo", ENTRY, masked_sum)
+    feeds = {"x": np.zeros((1, 8, 2)), "keys": np.zeros((1, 4)), "valid": np.ones((1, 3), bool)}
+    with pytest.raises(ValueError, match="valid's prefix \\(3\\) disagrees with the other inputs"):
+        session.run(feeds)
+    with pytest.raises(ValueError, match="batch sizes are \\[1, 2\\]"):
+        session.run({**feeds, "valid": np.ones((2, 4), bool)})
