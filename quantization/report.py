@@ -59,3 +59,17 @@ by {html.escape(a["measured_on"]["by"])}.</p>
 <h2>Images: fp32, {record["format"]}, difference</h2><table>{rows}</table>
 <h2>Per-layer sensitivity (final-velocity relative error, one layer quantized)</h2><table>{layers}</table>
 """)
+
+
+MOST_SENSITIVE_SHARE = 0.1
+
+
+def most_sensitive(report: Path, share: float = MOST_SENSITIVE_SHARE) -> tuple[str, ...]:
+    """The layers a report ranks most sensitive (the first `share` of its ranking, at least one)."""
+    try:
+        ranking = json.loads(Path(report).read_text())["sensitivity"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{report} is not a `qiedge quantize --report` report.json: {e}") from None
+    if not ranking:
+        raise ValueError(f"{report} has no per-layer sensitivity ranking")
+    return tuple(list(ranking)[: max(1, round(share * len(ranking)))])

@@ -189,6 +189,11 @@ def test_export_refuses_bad_requests(tiny, tmp_path):
             "deploy to iOS18 or macOS15",
         ),
         (["--target", "coreml", "--max-chunk-mb", "0"], "--max-chunk-mb must be positive"),
+        (
+            ["--target", "coreml", "--sensitivity", "r.json"],
+            "--sensitivity chooses the 8-bit layers of --compress mixed",
+        ),
+        (["--target", "coreml", "--compress", "mixed", "--sensitivity", "nope.json"], "is not a `qiedge quantize"),
     ],
 )
 def test_export_refuses_bad_target_options_before_loading(tmp_path, args, needle):
@@ -217,3 +222,14 @@ def test_export_coreml_preset_and_generate_from_it(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("backend coreml: coreml artifacts")
     assert Image.open(out).size == (64, 32)
+
+
+def test_most_sensitive_layers_from_a_quantization_report(tmp_path):
+    from qiedge.quantization.report import most_sensitive
+
+    ranking = {f"transformer_blocks.{i}.attn.to_q": 1.0 / (i + 1) for i in range(25)}
+    (tmp_path / "report.json").write_text(json.dumps({"sensitivity": ranking}))
+    assert most_sensitive(tmp_path / "report.json") == (
+        "transformer_blocks.0.attn.to_q",
+        "transformer_blocks.1.attn.to_q",
+    )

@@ -152,10 +152,15 @@ def _target_options(args) -> dict:
     parse = {"sizes": parse_sizes, "prompt_lengths": parse_lengths, "max_chunk_mb": float}
     names = ("deployment_target", "compute_units", "sizes", "prompt_lengths", "compress", "max_chunk_mb")
     options = {n: parse.get(n, str)(getattr(args, n)) for n in names if getattr(args, n) is not None}
-    if args.compress == "mixed":  # the layers the INT8 recipe keeps in high precision stay at 8 bits
+    if args.sensitivity and args.compress != "mixed":
+        raise ValueError("--sensitivity chooses the 8-bit layers of --compress mixed")
+    if args.compress == "mixed":
+        # The layers the INT8 recipe keeps in high precision, and the report's most sensitive.
         from qiedge.quantization.recipe import Recipe
+        from qiedge.quantization.report import most_sensitive
 
-        options["sensitive"] = Recipe.load("int8").keep_high_precision
+        ranked = most_sensitive(Path(args.sensitivity)) if args.sensitivity else ()
+        options["sensitive"] = Recipe.load("int8").keep_high_precision + ranked
     return options
 
 

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight compression; mixed: 4-bit palettes, the INT8 recipe's high-precision layers at 8 bits",
     )
     coreml.add_argument(
+        "--sensitivity",
+        metavar="REPORT",
+        help="with --compress mixed: a `qiedge quantize --report` report.json; the tenth of the layers "
+        "it ranks most sensitive also stay at 8 bits",
+    )
+    coreml.add_argument(
         "--max-chunk-mb",
         type=float,
         help="cut the transformer into packages of at most this many MB of weights "
