@@ -137,9 +137,12 @@ def test_int8_artifacts_say_which_kernels_keep_them_exact():
 
     from qiedge.runtime.runner import _choose
 
-    int8 = SimpleNamespace(components={"transformer_step": {"precision": "int8"}, "vae_decoder": {"precision": "fp32"}})
+    int8 = SimpleNamespace(
+        manifest={"target": "onnx"},
+        components={"transformer_step": {"precision": "int8"}, "vae_decoder": {"precision": "fp32"}},
+    )
     for asked in ("auto", "onnxruntime"):
         choice = _choose(asked, None, int8, None, None)
         assert choice.backend == "onnxruntime" and choice.reason.endswith(f"; int8 {ort_int8.describe()}")
-    fp32 = SimpleNamespace(components={"vae_decoder": {"precision": "fp32"}})
-    assert _choose("auto", None, fp32, None, None).reason == "exported graphs"
+    fp32 = SimpleNamespace(manifest={"target": "onnx"}, components={"vae_decoder": {"precision": "fp32"}})
+    assert _choose("auto", None, fp32, None, None).reason == "onnx artifacts"
