@@ -42,6 +42,9 @@ class Contract:
 
 
 KV = ("layers", "batch", "heads", "prefix", "head_dim")
+# A chunked graph's chunk takes what an earlier chunk returned under the same name with this
+# suffix: Core ML names no tensor both an input and an output of one function.
+HANDED = "_in"
 PAST = (TensorSpec("past_keys", FLOAT, KV), TensorSpec("past_values", FLOAT, KV))
 PREFIX_INPUTS = (
     TensorSpec("text", FLOAT, ("batch", "text", "context")),

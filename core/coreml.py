@@ -8,7 +8,23 @@ import logging
 import sys
 from types import ModuleType
 
+import numpy as np
+
 VERSION = "9.0"  # the version the pin in pyproject.toml and the interpreter's tests are for
+
+# Core ML has neither int64 nor bool inputs: indices and masks travel as int32.
+_NARROWED = {"int64": "int32", "bool": "int32"}
+_NUMPY = {"fp16": np.float16, "fp32": np.float32, "float32": np.float32, "int32": np.int32}
+
+
+def coreml_dtype(dtype: str) -> str:
+    """A manifest dtype ('fp16', 'fp32', 'float32', 'int64', 'bool') as a Core ML package takes it."""
+    return _NARROWED.get(dtype, dtype)
+
+
+def numpy_dtype(dtype: str) -> type:
+    """The NumPy dtype of a manifest dtype as Core ML takes it."""
+    return _NUMPY[coreml_dtype(dtype)]
 
 
 def coremltools() -> ModuleType:

@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from qiedge.core.contract import CONTRACTS, FLOAT, Contract, TensorSpec
+from qiedge.core.contract import CONTRACTS, FLOAT, HANDED, Contract, TensorSpec
 from torch import nn
 
 from .specs import ComponentSpec, ModelConfigs
 
 CHUNKED = ("transformer_prefix", "transformer_step")
-HANDED = "_in"  # the suffix of a chunk's inputs that an earlier chunk returned
 EMBEDDERS = ("img_in", "txt_in", "time_text_embed", "modulation")
 OUTPUT = ("norm_out", "proj_out")
 

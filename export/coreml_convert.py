@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from qiedge.core.coreml import coremltools
+from qiedge.core.contract import FLOAT
+from qiedge.core.coreml import coreml_dtype, coremltools, numpy_dtype
 
 from . import coreml_attention, coreml_fp16, coreml_ops
 from .specs import ComponentSpec, ModelConfigs, describe, trace_inputs, trace_size
@@ -41,20 +42,17 @@ def empty_inputs(spec: ComponentSpec, configs: ModelConfigs, dims: dict) -> dict
 
 def interface(spec: ComponentSpec, configs: ModelConfigs, precision: str, empty) -> dict:
     """The manifest's inputs and outputs as Core ML takes and returns them (int32 indices and masks)."""
-    as_coreml = {"int64": "int32", "bool": "int32"}
 
     def tensors(specs):
         described = describe(specs, configs, precision)
-        return [t | {"dtype": as_coreml.get(t["dtype"], t["dtype"])} for t in described if t["name"] not in empty]
+        return [t | {"dtype": coreml_dtype(t["dtype"])} for t in described if t["name"] not in empty]
 
     return {"inputs": tensors(spec.inputs), "outputs": tensors(spec.outputs), "empty_inputs": sorted(empty)}
 
 
-def coreml_dtype(dtype: str, precision: str):
-    """The numpy dtype Core ML sees for a contract dtype ('float' follows the precision)."""
-    if dtype == "float":
-        return np.float16 if precision == "fp16" else np.float32
-    return {"float32": np.float32, "int64": np.int32, "bool": np.int32}[dtype]
+def _numpy_dtype(dtype: str, precision: str):
+    """The NumPy dtype Core ML sees for a contract dtype ('float' follows the precision)."""
+    return numpy_dtype(precision if dtype == FLOAT else dtype)
 
 
 def load_module(spec: ComponentSpec, configs: ModelConfigs, source, extras: dict) -> torch.nn.Module:
@@ -93,10 +91,10 @@ def convert(module, spec: ComponentSpec, configs: ModelConfigs, dims: dict, prec
         graph = CoreMLInterface(module, spec, empty)
         program = torch.export.export(graph, args, strict=False).run_decompositions({})
     inputs = [
-        ct.TensorType(name=t.name, shape=tuple(a.shape), dtype=coreml_dtype(t.dtype, precision))
+        ct.TensorType(name=t.name, shape=tuple(a.shape), dtype=_numpy_dtype(t.dtype, precision))
         for t, a in zip(given, args)
     ]
-    outputs = [ct.TensorType(name=t.name, dtype=coreml_dtype(t.dtype, precision)) for t in spec.outputs]
+    outputs = [ct.TensorType(name=t.name, dtype=_numpy_dtype(t.dtype, precision)) for t in spec.outputs]
     with coreml_ops.converters():
         return ct.convert(
             program,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -77,7 +78,10 @@ def weights_bytes(package) -> int:
     return sum(f.stat().st_size for f in package.rglob("weight.bin"))
 
 
-def test_buckets_share_one_copy_of_the_weights(tiny_dir, tmp_path):
+def test_buckets_share_one_copy_of_the_weights(tiny_dir, tmp_path, monkeypatch):
+    temp = tmp_path / "temp"  # where coremltools writes its temporary packages
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     one = export(
         tiny_dir, tmp_path / "one", sizes=parse_sizes("64x64"), prompt_lengths=(16,), components=["vae_decoder"]
     )
@@ -87,6 +91,7 @@ def test_buckets_share_one_copy_of_the_weights(tiny_dir, tmp_path):
     assert len(many["components"]["vae_decoder"]["functions"]) == 4 > len(one["components"]["vae_decoder"]["functions"])
     package = "vae_decoder/model.mlpackage"
     assert weights_bytes(tmp_path / "many" / package) <= 1.05 * weights_bytes(tmp_path / "one" / package)
+    assert not list(temp.iterdir())  # none left behind (a 7B chunk's are 833 MB each)
 
 
 def test_a_request_without_bucket_is_refused_naming_the_buckets(neural_engine):

@@ -6,10 +6,9 @@ per-layer output, every chunk's layers in order."""
 from __future__ import annotations
 
 import numpy as np
+from qiedge.core.contract import HANDED
 
 from .backends import Session
-
-HANDED = "_in"  # what a chunk takes from an earlier one is named so (export/chunks.py)
 
 
 class ChainedSession:
