@@ -84,13 +84,19 @@ class Judge:
         return self.runtime.sessions.replacing(transformer_prefix=prefix, transformer_step=step)
 
     def images(self, transformer) -> np.ndarray:
-        prefix, step = torch_sessions(transformer)
+        return self.images_of(*torch_sessions(transformer))
+
+    def images_of(self, prefix, step) -> np.ndarray:
+        """The evaluation's images with the transformer's prefix and step run by these sessions."""
         sessions = self._sessions(prefix, step)
         return np.concatenate([to_uint8(generate(r, self.runtime.facts, sessions)) for r in self.evaluation.requests])
 
     def per_step(self, transformer) -> list[dict]:
+        return self.per_step_of(*torch_sessions(transformer))
+
+    def per_step_of(self, q_prefix, q_step) -> list[dict]:
+        """Per-step velocity figures of these sessions along the fp32 trajectory."""
         ref_prefix, ref_step = torch_sessions(self.reference)
-        q_prefix, q_step = torch_sessions(transformer)
         paired_prefix = PairedPrefix(ref_prefix, q_prefix)
         paired = PairedStep(ref_step, q_step)
         sessions = self._sessions(paired_prefix, paired)

@@ -9,6 +9,8 @@ sample of |x| for percentile calibration. Same recipe and model, same statistics
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,32 +53,39 @@ def linear_layers(transformer: nn.Module) -> dict[str, nn.Linear]:
 def _hook(stats: LayerStats, rng: np.random.Generator):
     def record(module, args):
         x = args[0].detach().float().abs().reshape(-1, args[0].shape[-1])
-        stats.channel_absmax = np.maximum(stats.channel_absmax, x.amax(0).numpy())
+        stats.channel_absmax = np.maximum(stats.channel_absmax, x.amax(0).cpu().numpy())
         stats.absmax = max(stats.absmax, float(x.max()))
         flat = x.reshape(-1)
-        picks = torch.from_numpy(rng.integers(0, flat.numel(), SAMPLES_PER_CALL))
-        stats.samples.append(flat[picks].numpy())
+        picks = torch.from_numpy(rng.integers(0, flat.numel(), SAMPLES_PER_CALL)).to(flat.device)
+        stats.samples.append(flat[picks].cpu().numpy())
 
     return record
+
+
+@contextmanager
+def recording(transformer: nn.Module, seed: int) -> Iterator[dict[str, LayerStats]]:
+    """Statistics of every Linear's inputs, recorded by hooks while the context is open (on
+    whatever device the transformer runs)."""
+    rng = np.random.default_rng(seed)
+    linears = linear_layers(transformer)
+    layers = {name: LayerStats(np.zeros(m.in_features, dtype=np.float32)) for name, m in linears.items()}
+    handles = [m.register_forward_pre_hook(_hook(layers[n], rng)) for n, m in linears.items()]
+    try:
+        yield layers
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def calibrate(model_path, recipe: Recipe, on_request=None) -> Calibration:
     """Run the calibration trajectories on the torch reference with recording hooks."""
     runtime = open_runtime(model=model_path, backend="torch")
     transformer = runtime.backend.reference("transformer")
-    rng = np.random.default_rng(recipe.calibration_set.seed)
-    layers = {
-        name: LayerStats(np.zeros(m.in_features, dtype=np.float32)) for name, m in linear_layers(transformer).items()
-    }
-    handles = [m.register_forward_pre_hook(_hook(layers[n], rng)) for n, m in linear_layers(transformer).items()]
-    try:
+    with recording(transformer, recipe.calibration_set.seed) as layers:
         for request in calibration_requests(recipe):
             generate(request, runtime.facts, runtime.sessions)
             if on_request:
                 on_request()
-    finally:
-        for h in handles:
-            h.remove()
     c = recipe.calibration_set
     return Calibration(
         layers,

@@ -48,13 +48,18 @@ def quantize_transformer(
 def fake_quantized(transformer: nn.Module, quants: dict[str, LayerQuant], fmt: str) -> nn.Module:
     """A copy of the transformer with each layer of `quants` fake-quantized as planned."""
     model = copy.deepcopy(transformer)
+    return replace_linears(model, quants, lambda linear, q: QuantLinear(linear, q, fmt)).eval()
+
+
+def replace_linears(model: nn.Module, quants: dict[str, LayerQuant], make) -> nn.Module:
+    """The model with each Linear named in `quants` replaced by `make(linear, its quant)`, in place."""
     for name, planned in quants.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         linear = getattr(parent, child) if not child.isdigit() else parent[int(child)]
-        quant = QuantLinear(linear, planned, fmt)
+        quant = make(linear, planned)
         if child.isdigit():
             parent[int(child)] = quant
         else:
             setattr(parent, child, quant)
-    return model.eval()
+    return model

@@ -54,11 +54,25 @@ def write_report(folder: Path, record: dict, ranking: dict | None, judge, images
 (fp32 {adherence(a["fp32_adherence"])}); {len(record["layers_quantized"])} layers quantized,
 {len(record["layers_high_precision"])} kept in high precision. Measured on {html.escape(a["measured_on"]["cpu"])},
 by {html.escape(a["measured_on"]["by"])}.</p>
+{_gpu_line(a.get("gpu"))}
 <h2>Per-step velocity along the fp32 trajectory</h2>
 <table><tr><th>step</th><th>cosine (min)</th><th>relative error (mean)</th></tr>{steps}</table>
 <h2>Images: fp32, {record["format"]}, difference</h2><table>{rows}</table>
 <h2>Per-layer sensitivity (final-velocity relative error, one layer quantized)</h2><table>{layers}</table>
 """)
+
+
+def _gpu_line(gpu: dict | None) -> str:
+    """The real matmuls' figures beside the emulation's, where `quantize` ran on a GPU."""
+    if gpu is None:
+        return "<p>No GPU here: the figures above are the emulation's only.</p>"
+    if "not_measured" in gpu:
+        return f"<p>Not measured on the GPU: {html.escape(gpu['not_measured'])}</p>"
+    cosine = min(s["cosine_min"] for s in gpu["per_step"])
+    return (
+        f"<p>On {html.escape(gpu['device'])} ({html.escape(gpu['arithmetic'])}): PSNR {gpu['psnr_db']:.2f} dB, "
+        f"SSIM {gpu['ssim']:.4f}, lowest per-step velocity cosine {cosine:.5f}.</p>"
+    )
 
 
 MOST_SENSITIVE_SHARE = 0.1

@@ -16,6 +16,7 @@ from .accuracy import Evaluation, Judge
 from .calibrate import calibrate, linear_layers
 from .fake_quant import fake_quantized, layer_quants, quantize_transformer
 from .onnx_qdq import QdqPlan
+from .real_quant import on_device
 from .recipe import Recipe
 
 # One prompt whose blob flips a threshold moves adherence by 2 / (3 * count): with 40, by 1.7 points.
@@ -68,6 +69,20 @@ def choose_layers(
     return chosen
 
 
+def _on_gpu(judge: Judge, model_path, quants: dict, recipe: Recipe, log) -> dict:
+    """Where a GPU is present: the same plan on its real FP8 / INT8 matmuls (`gpu` in the record),
+    or why it was not measured there."""
+    import torch
+
+    if not torch.cuda.is_available() or recipe.activations == "none":
+        return {}
+    log(f"measuring real {recipe.format} matmuls on {torch.cuda.get_device_name()}")
+    try:
+        return {"gpu": on_device(judge, model_path, quants, recipe.format)}
+    except ValueError as e:  # a GPU without this precision's tensor cores
+        return {"gpu": {"not_measured": str(e)}}
+
+
 def quantize(
     model_path,
     recipe: Recipe,
@@ -107,6 +122,7 @@ def quantize(
         **judge.image_figures(images),
         "evaluation": {"prompts": eval_prompts, "count": EVAL_PROMPTS, "size": EVAL_SIZE},
         "measured_on": {"cpu": detect().summary(), "by": "the fake-quant torch model (the graph's arithmetic)"},
+        **_on_gpu(judge, model.path, quants, recipe, log),
     }
     record = {
         "recipe": json.loads(recipe.to_json()),

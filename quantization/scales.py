@@ -34,7 +34,7 @@ class LayerQuant:
 
     def smoothed(self, w: torch.Tensor) -> torch.Tensor:
         w = w.detach().float()
-        return w * torch.from_numpy(self.smooth)[None] if self.smooth is not None else w
+        return w * torch.from_numpy(self.smooth).to(w.device)[None] if self.smooth is not None else w
 
     def scale_of(self, w: torch.Tensor, fmt: str) -> np.ndarray:
         """The weight scales of a smoothed weight [out, in]."""
@@ -42,16 +42,17 @@ class LayerQuant:
             w_max = w.unflatten(1, (-1, self.group)).abs().amax(-1)  # [out, in/G]
         else:
             w_max = w.abs().amax(1) if self.granularity == "per-channel" else w.abs().amax().reshape(1)
-        return (w_max.clamp(min=1e-8) / QMAX[fmt]).numpy().astype(np.float32)
+        return (w_max.clamp(min=1e-8) / QMAX[fmt]).cpu().numpy().astype(np.float32)
 
     def quantize(self, w: torch.Tensor, fmt: str) -> QuantizedWeight:
         """The weight [out, in] quantized, and the scales it was quantized with."""
         w = self.smoothed(w)
         scale = self.weight_scale if self.weight_scale is not None else self.scale_of(w, fmt)
+        on_device = torch.from_numpy(scale).to(w.device)
         if self.group:
-            blocks = w.unflatten(1, (-1, self.group)) / torch.from_numpy(scale)[..., None]  # [out, in/G, G]
+            blocks = w.unflatten(1, (-1, self.group)) / on_device[..., None]  # [out, in/G, G]
             return QuantizedWeight(blocks.round().clamp(-8, 7).flatten(1).to(torch.int8), scale)
-        q = w / torch.from_numpy(scale)[:, None]
+        q = w / on_device[:, None]
         if fmt == "int8":
             return QuantizedWeight(q.round().clamp(-127, 127).to(torch.int8), scale)
         return QuantizedWeight(q.clamp(-QMAX["fp8"], QMAX["fp8"]).to(torch.float8_e4m3fn), scale)
@@ -81,7 +82,7 @@ def _activation_quant(name: str, weight: torch.Tensor, calibration: Calibration 
     if recipe.smoothquant_alpha is not None:
         # Moves activation outliers into the weights: s_j = max|X_j|^a / max|W_j|^(1-a).
         a = recipe.smoothquant_alpha
-        w_col = w.abs().amax(0).clamp(min=1e-5).numpy()
+        w_col = w.abs().amax(0).clamp(min=1e-5).cpu().numpy()
         x_col = np.maximum(stats.channel_absmax, 1e-5)
         smooth = (x_col**a / w_col ** (1 - a)).astype(np.float32)
     if recipe.percentile is not None:

@@ -80,7 +80,7 @@ class TimestepEmbedder(nn.Module):
         self.linear_2 = nn.Linear(dim, dim, bias=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        emb = timestep_embedding(t).to(self.linear_1.weight.dtype)
+        emb = timestep_embedding(t).to(t.dtype)  # t arrives in the model's dtype (`_temb`)
         return self.linear_2(F.silu(self.linear_1(emb)))
 
 
@@ -248,10 +248,15 @@ class QwenImage2Transformer(nn.Module):
         return x, temb, self.modulation(temb)[:, None]
 
     def step_blocks(self, x, mod, past_keys, past_values, key_valid, cos, sin, layers: range):
-        """The target through blocks `layers`; past_keys/values hold those layers' cache, in order."""
+        """The target through blocks `layers`; past_keys/values hold those layers' cache, in order.
+
+        key_valid None: no prefix key is padded, so attention needs no mask (and may run fused).
+        """
         # Target queries see every valid prefix key and the whole target block.
-        valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], x.shape[1])], dim=1)
-        mask = valid[:, None, None, :]
+        mask = None
+        if key_valid is not None:
+            valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], x.shape[1])], dim=1)
+            mask = valid[:, None, None, :]
         for j, i in enumerate(layers):
             x = self.transformer_blocks[i](x, mod, cos, sin, mask, past_kv=(past_keys[j], past_values[j]))
         return x

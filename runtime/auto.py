@@ -1,4 +1,5 @@
-"""`--backend auto`: for the CPU at hand, the fastest torch path that keeps the image.
+"""`--backend auto`: the `cuda` backend where an NVIDIA GPU is visible; else, for the CPU at
+hand, the fastest torch path that keeps the image.
 
 Measured (`bench/e2e.py`, `small` preset, 2 cores): bf16 autocast compiled by inductor is 5.1x
 faster than eager fp32 where AMX multiplies bf16, and 2.4x *slower* on an AVX-512 Xeon without
@@ -32,12 +33,23 @@ def transformer_flop(parameters: int, image_tokens: int, steps: int, images: int
     return 2.0 * parameters * image_tokens * steps * images
 
 
-def choose(cpu: Cpu, flop: float) -> Choice:
+def choose(cpu: Cpu, flop: float, gpu: str | None = None) -> Choice:
+    if gpu:
+        return Choice("cuda", f"{gpu} is visible")
     if flop < COMPILE_PAYS_OFF_FLOP:
         return Choice("torch", f"a {flop / 1e9:.0f} GFLOP job: compiling would take longer than it saves")
     if cpu.bf16_unit:
         return Choice("torch-bf16", f"{cpu.bf16_unit} multiplies bf16 natively")
     return Choice("torch-compile", "bf16 is emulated on this CPU (no AMX or AVX512-BF16): compiled fp32")
+
+
+def visible_gpu() -> str | None:
+    """The CUDA GPU torch sees, by name; None without one (or without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
 
 
 def bf16_warning(cpu: Cpu) -> str | None:

@@ -158,10 +158,12 @@ def report() -> dict:
     from . import auto, ort_int8
 
     cpu = detect()
-    choice = auto.choose(cpu, float("inf"))
+    gpu = auto.visible_gpu()
+    choice = auto.choose(cpu, float("inf"), gpu)
     return {
         "cpu": cpu.to_json(),
         "summary": cpu.summary(),
+        "gpu": gpu,
         "torch": torch_view(),
         "onnxruntime": {
             "version": onnxruntime.__version__,

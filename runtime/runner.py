@@ -42,7 +42,7 @@ def _choose(
     backend: str, model_dir, store: Artifacts | None, facts: ModelFacts, request: Request | None
 ) -> auto.Choice:
     if backend == "auto" and store is None:
-        return auto.choose(detect(), _job_flop(model_dir, facts, request))
+        return auto.choose(detect(), _job_flop(model_dir, facts, request), auto.visible_gpu())
     if backend == "auto":
         name = backend_for(store)
         reason = f"{store.manifest['target']} artifacts"
@@ -69,12 +69,14 @@ def open_runtime(
     encoder_backend: str | None = None,
     threads: int | None = None,
     request: Request | None = None,
+    **options,
 ) -> Runtime:
     """Sessions for one generate: the transformer, VAE and encoder each on the backend asked for.
 
     `auto` (the default) runs `--artifacts` on their target's backend, and a `--model` on the torch path
     that is fastest on this CPU for a job of `request`'s size. Editing needs the vision tower,
-    so its condition encoder runs on torch (from `--model`).
+    so its condition encoder runs on torch (from `--model`). `options` go to the backend (the
+    cuda backend's precision and quantizer).
     """
     from qiedge.reference_model.model_dir import ModelDir
 
@@ -90,10 +92,10 @@ def open_runtime(
         _check_buckets(store, request)
     choice = _choose(backend, model_dir, store, facts, request)
     warning = auto.bf16_warning(detect()) if choice.backend == "torch-bf16" else None
-    main = open_backend(choice.backend, model_dir, store, threads)
+    main = open_backend(choice.backend, model_dir, store, threads, **options)
     encoder = main if encoder_backend in (None, choice.backend) else open_backend(encoder_backend, model_dir, store)
     encode = encoder.prompt_encoder(facts)
-    sessions = Sessions(encode, main.load)
+    sessions = Sessions(encode, main.load, arrays=main.arrays)
     for component in TEXT_TO_IMAGE:  # verified and loaded now, so a bad artifact fails before sampling
         sessions[component]
     source, source_hash = (

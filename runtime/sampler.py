@@ -1,8 +1,13 @@
-"""The sampling loop over sessions, in NumPy: one loop for every backend.
+"""The sampling loop over sessions: one loop for every backend.
 
 encode prompt once -> prefix K/V once -> for each sigma: velocity -> Euler step -> decode.
 Same seed, same initial noise as diffusers (torch's CPU `randn` on the unpacked shape, drawn in
 NumPy by `noise.torch_randn`), so the same weights, prompt and seed give diffusers' image.
+
+The loop's state lives in the backend's arrays (runtime/arrays.py): the noise and the layout's
+tables go in once, the image comes out once, and everything between stays where the sessions
+run. Its arithmetic uses Python-float scalars, which NumPy and torch both apply to float32
+arrays in float32, so the host path is bit for bit what it was in pure NumPy.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from qiedge.core.scheduler import model_timesteps, sigma_schedule
 from qiedge.core.tokenizer import PromptTokenizer
 from qiedge.core.units import MAX_SIDE, PIXELS_PER_SLOT, PIXELS_PER_TOKEN
 
+from .arrays import HOST, Arrays
 from .backends import Session
 
 DEFAULT_STEPS = 40
@@ -77,14 +83,14 @@ def image_to_array(image: Image.Image) -> np.ndarray:
     return array.transpose(2, 0, 1)[None] * 2 - 1
 
 
-def pack(latents: np.ndarray) -> np.ndarray:
+def pack(latents):
     """[B, C, h, w] -> [B, h*w, C]: Qwen-Image-2 reads latents unpatched, row by row."""
     b, c = latents.shape[:2]
-    return latents.reshape(b, c, -1).transpose(0, 2, 1)
+    return latents.reshape(b, c, -1).swapaxes(1, 2)
 
 
-def unpack(tokens: np.ndarray, h: int, w: int) -> np.ndarray:
-    return tokens.transpose(0, 2, 1).reshape(tokens.shape[0], -1, h, w)
+def unpack(tokens, h: int, w: int):
+    return tokens.swapaxes(1, 2).reshape(tokens.shape[0], -1, h, w)
 
 
 def schedule_for(facts: ModelFacts, num_tokens: int, steps: int | None) -> np.ndarray:
@@ -137,6 +143,7 @@ class Sessions(Mapping[str, Session]):
     encode: Callable[[list[str], list[Image.Image]], EncodedPrompt]
     load: Callable[[str], Session]
     loaded: dict[str, Session] = field(default_factory=dict)
+    arrays: Arrays = HOST  # where the sessions' arrays live
 
     def __getitem__(self, component: str) -> Session:
         if component not in self.loaded:
@@ -151,7 +158,7 @@ class Sessions(Mapping[str, Session]):
 
     def replacing(self, **sessions: Session) -> Sessions:
         """The same sessions with some components run elsewhere (a quantized model, a timer)."""
-        return Sessions(self.encode, self.load, {**self.loaded, **sessions})
+        return Sessions(self.encode, self.load, {**self.loaded, **sessions}, self.arrays)
 
 
 def generate(
@@ -170,26 +177,30 @@ def generate(
         negative = sessions.encode([request.negative_prompt] * batch, conditions)
         branches.append(_prefix(sessions, facts, negative, cond_latents, shapes))
 
-    latents = pack(torch_randn((batch, 1, facts.latent_channels, h, w), request.seed)[:, 0])  # [B, h*w, C]
+    put = sessions.arrays.put
+    noise = torch_randn((batch, 1, facts.latent_channels, h, w), request.seed)[:, 0]
+    latents = put(np.ascontiguousarray(pack(noise)))  # [B, h*w, C]
     sigmas = schedule_for(facts, h * w, request.steps)
+    cfg = float(np.float32(request.cfg))
     step = sessions["transformer_step"]
     for i, t in enumerate(model_timesteps(sigmas)):
-        timestep = np.full(batch, t, dtype=np.float32)
+        timestep = put(np.full(batch, t, dtype=np.float32))
         velocity = [step.run({"latents": latents, "timestep": timestep, **branch})["velocity"] for branch in branches]
-        v = velocity[0] if len(velocity) == 1 else velocity[1] + np.float32(request.cfg) * (velocity[0] - velocity[1])
-        latents = (latents + (sigmas[i + 1] - sigmas[i]) * v).astype(np.float32)
+        v = velocity[0] if len(velocity) == 1 else velocity[1] + cfg * (velocity[0] - velocity[1])
+        latents = latents + float(sigmas[i + 1] - sigmas[i]) * v
         if on_step:
             on_step(i + 1, len(sigmas) - 1)
     image = sessions["vae_decoder"].run({"latents": unpack(latents, h, w)})["image"]
-    return np.clip(image / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
+    return sessions.arrays.get((image / 2 + 0.5).clip(0, 1)).transpose(0, 2, 3, 1)
 
 
 def _encode_images(sessions: Sessions, images: list[Image.Image], batch: int, channels: int) -> np.ndarray:
     """Condition images' normalised latents, packed and concatenated: [B, S_cond, C]."""
     if not images:
         return np.zeros((batch, 0, channels), dtype=np.float32)
-    encoder = sessions["vae_encoder"]
-    tokens = [pack(encoder.run({"image": image_to_array(img)})["latents"]) for img in images]
+    encoder, arrays = sessions["vae_encoder"], sessions.arrays
+    # Back on the host once, to join the layout's feeds (editing only; small beside the K/V).
+    tokens = [pack(arrays.get(encoder.run({"image": arrays.put(image_to_array(img))})["latents"])) for img in images]
     return np.repeat(np.concatenate(tokens, axis=1), batch, axis=0)
 
 
@@ -198,4 +209,6 @@ def _prefix(sessions: Sessions, facts: ModelFacts, encoded: EncodedPrompt, cond_
     output of the prefix graph (its cached K/V)."""
     layout = build_layout(encoded.image_slots, encoded.mask, shapes)
     feeds = transformer_feeds(layout, facts.axes_dims_rope, encoded.embeds, cond_latents)
-    return {**sessions["transformer_prefix"].run(feeds.prefix), **feeds.step}
+    put = sessions.arrays.put
+    cache = sessions["transformer_prefix"].run({n: put(v) for n, v in feeds.prefix.items()})
+    return {**cache, **{n: put(v) for n, v in feeds.step.items()}}

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 from qiedge.reference_model import presets
 from qiedge.reference_model.model_dir import init_model_dir
@@ -102,9 +103,13 @@ def test_generate_is_deterministic_and_edits(tiny, tmp_path):
         (["--width", "100"], "width 100 must be a multiple of 32"),
         (["--height", "4096"], "height 4096 must be a multiple of 32 between 32 and 2048"),
         (["--steps", "0"], "steps must be >= 1"),
+        (["--precision", "fp8"], "the torch backend takes no --precision; cuda does"),
+        (["--backend", "cuda"], "the cuda backend needs an NVIDIA GPU"),
     ],
 )
-def test_bad_sizes_fail_in_one_line(tiny, args, needle):
+def test_bad_generate_options_fail_in_one_line(tiny, args, needle):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the cuda backend would run")
     result = qiedge("generate", "x", "--model", str(tiny), *args)
     assert result.returncode == 2
     assert needle in result.stderr and "Traceback" not in result.stderr

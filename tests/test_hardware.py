@@ -69,6 +69,10 @@ def test_auto_picks_the_fast_path_for_each_cpu(kind, expected):
     assert ("natively" in choice.reason) == (expected == "torch-bf16")
     # A job too small to pay for compiling runs eager everywhere.
     assert auto.choose(cpu(kind), TINY_JOB).backend == "torch"
+    # A visible NVIDIA GPU runs any job.
+    assert auto.choose(cpu(kind), TINY_JOB, "NVIDIA H100 80GB HBM3") == auto.Choice(
+        "cuda", "NVIDIA H100 80GB HBM3 is visible"
+    )
 
 
 def test_forcing_bf16_warns_only_where_it_is_emulated():
@@ -114,7 +118,7 @@ def test_inspect_hardware_reports_this_machine():
     report = json.loads(result.stdout)
     assert report["cpu"] == hardware.detect().to_json()
     assert report["torch"]["avx512_bf16"] == ("avx512_bf16" in hardware.detect().features)
-    assert report["auto"]["backend"] == auto.choose(hardware.detect(), float("inf")).backend
+    assert report["auto"]["backend"] == auto.choose(hardware.detect(), float("inf"), auto.visible_gpu()).backend
 
 
 def test_shipped_int8_probe_is_the_built_one():

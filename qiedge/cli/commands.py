@@ -39,6 +39,17 @@ def cmd_init(args) -> None:
     )
 
 
+def _precision_options(args, model) -> dict:
+    """--precision for the backends that take it; fp8 / int8 bring the recipe's real-quant rewrite."""
+    if args.precision in ("fp8", "int8"):
+        from qiedge.quantization.real_quant import quantizer
+        from qiedge.quantization.recipe import Recipe
+
+        log = (lambda message: None) if args.json else (lambda message: print(message, file=sys.stderr))
+        return {"precision": args.precision, "quantize": quantizer(model, Recipe.load(args.precision), log=log)}
+    return {"precision": args.precision}
+
+
 def cmd_generate(args) -> None:
     import time
 
@@ -71,6 +82,7 @@ def cmd_generate(args) -> None:
         encoder_backend=args.encoder_backend,
         threads=args.threads,
         request=request,
+        **_precision_options(args, model),
     )
     _announce(args, runtime)
     with step_progress("denoising", quiet=args.json) as on_step:

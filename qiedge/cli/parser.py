@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="auto (default): the artifacts' own backend with --artifacts (onnxruntime, coreml), else the fastest "
-        "torch path for this CPU "
+        help="auto (default): the artifacts' own backend with --artifacts (onnxruntime, coreml), else cuda where an "
+        "NVIDIA GPU is visible, else the fastest torch path for this CPU "
         "(torch-bf16 where bf16 is native, torch-compile where it is emulated, eager torch for small jobs)",
     )
     p.add_argument(
@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the condition encoder elsewhere (editing needs torch: the vision tower is not exported)",
     )
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument(
+        "--precision",
+        choices=("bf16", "fp8", "int8"),
+        help="--backend cuda only: bf16 (default), or the transformer's recipe layers on real FP8 / INT8 matmuls "
+        "(calibrated at load with the shipped recipe)",
+    )
     p.add_argument("--image", action="append", default=[], help="condition image for editing (repeatable)")
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--height", type=int, default=256)

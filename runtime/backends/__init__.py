@@ -1,8 +1,10 @@
 """One Backend protocol: `load(component) -> Session`, `Session.run(feeds) -> outputs`, and the
 registry of backends by the name `--backend` takes.
 
-Sessions take and return NumPy arrays named as in the export specs, whatever runs them, so the
-sampler and the parity checks serve every backend. Each component may use a different backend.
+Sessions take arrays named as in the export specs, whatever runs them, so the sampler and the
+parity checks serve every backend. They take NumPy arrays or the backend's own (`arrays`:
+runtime/arrays.py) and return the backend's own: NumPy on the CPU backends, device tensors on a
+GPU one. Each component may use a different backend.
 A new backend is one module here (its sessions, and `open(name, model, artifacts, threads)`) and
 one registry entry saying what it needs. Modules load on use: naming the backends imports nothing.
 """
@@ -16,6 +18,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..arrays import Arrays
+
 
 class Session(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
@@ -23,6 +27,7 @@ class Session(Protocol):
 
 class Backend(Protocol):
     name: str
+    arrays: Arrays  # where its sessions' arrays live
 
     def load(self, component: str) -> Session: ...
 
@@ -31,9 +36,10 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class Entry:
-    module: str  # defines `open(name, model, artifacts, threads) -> Backend`
+    module: str  # defines `open(name, model, artifacts, threads, **options) -> Backend`
     needs: str  # "model": a model directory (--model); "artifacts": exported graphs (--artifacts)
     target: str | None = None  # the export target whose artifacts it runs
+    options: tuple[str, ...] = ()  # the keyword options its `open` takes
 
 
 NEEDS = {
@@ -46,6 +52,7 @@ REGISTRY = {
     "torch-bf16": Entry("qiedge.runtime.backends.pytorch", "model"),
     "onnxruntime": Entry("qiedge.runtime.backends.onnx_runtime", "artifacts", "onnx"),
     "coreml": Entry("qiedge.runtime.backends.coreml", "artifacts", "coreml"),
+    "cuda": Entry("qiedge.runtime.backends.cuda", "model", options=("precision", "quantize")),
 }
 
 
@@ -55,8 +62,9 @@ def backend_for(artifacts) -> str:
     return next(name for name, entry in REGISTRY.items() if entry.target == target)
 
 
-def open_backend(name: str, model=None, artifacts=None, threads: int | None = None) -> Backend:
-    """The backend `name` over a model directory and/or an artifacts store, as it needs."""
+def open_backend(name: str, model=None, artifacts=None, threads: int | None = None, **options) -> Backend:
+    """The backend `name` over a model directory and/or an artifacts store, as it needs; `options`
+    (precision, ...) go to the backends that take them."""
     if name not in REGISTRY:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(REGISTRY)}")
     entry = REGISTRY[name]
@@ -67,4 +75,9 @@ def open_backend(name: str, model=None, artifacts=None, threads: int | None = No
             f"{artifacts.path} holds {artifacts.manifest['target']} artifacts; the {name} backend runs "
             f"{entry.target} ones: use --backend {backend_for(artifacts)}"
         )
-    return importlib.import_module(entry.module).open(name, model, artifacts, threads)
+    unknown = sorted(k for k, v in options.items() if v is not None and k not in entry.options)
+    if unknown:
+        takers = [n for n, e in REGISTRY.items() if unknown[0] in e.options]
+        raise ValueError(f"the {name} backend takes no --{unknown[0]}; {' / '.join(takers) or 'no backend'} does")
+    given = {k: v for k, v in options.items() if v is not None}
+    return importlib.import_module(entry.module).open(name, model, artifacts, threads, **given)

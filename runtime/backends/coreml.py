@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 from qiedge.core.artifacts import Artifacts
-from qiedge.core.coreml import can_predict, coremltools
+from qiedge.core.coreml import can_predict, coremltools, numpy_dtype
 
+from ..arrays import HOST
 from ..bucketed import BucketedSession
 from ..chained import ChainedSession
 from . import Session
 
-# Manifest dtype (as the packages take it: Core ML has neither int64 nor bool inputs) -> NumPy.
-FEED_DTYPES = {"fp16": np.float16, "fp32": np.float32, "float32": np.float32, "int32": np.int32}
-
 
 class CoreMLBackend:
     name = "coreml"
+    arrays = HOST
 
     def __init__(self, artifacts: Artifacts, native: bool | None = None):
         self.artifacts = artifacts
@@ -46,7 +45,7 @@ class CoreMLBackend:
 
     def _session(self, component: str, path, graph: dict, entry: dict) -> Session:
         """One package's functions behind a session; `graph` is its manifest entry (or chunk's)."""
-        dtypes = {t["name"]: FEED_DTYPES[t["dtype"]] for t in graph["inputs"]}
+        dtypes = {t["name"]: numpy_dtype(t["dtype"]) for t in graph["inputs"]}
         run = self._native(path, entry) if self.native else self._interpreted(path)
 
         def run_function(function: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

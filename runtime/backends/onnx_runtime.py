@@ -7,6 +7,7 @@ import numpy as np
 from qiedge.core.artifacts import Artifacts
 
 from .. import ort_int8
+from ..arrays import HOST
 from . import Session
 
 
@@ -29,6 +30,7 @@ class OnnxRuntimeSession:
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    arrays = HOST
 
     def __init__(self, artifacts: Artifacts, threads: int | None = None, providers: list[str] | None = None):
         self.artifacts, self.threads = artifacts, threads

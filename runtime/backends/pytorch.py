@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..arrays import HOST
 from . import Session
 
 # name -> (compiled by inductor with frozen weights, matrix work in bf16 under autocast)
@@ -37,6 +38,8 @@ class TorchBackend:
     autocast: fp32 weights, the residual stream kept fp32, which keeps it far closer to the fp32
     reference than casting the whole model to bf16 (and is faster too) where bf16 is native.
     """
+
+    arrays = HOST
 
     def __init__(self, model, name: str = "torch"):
         if name not in PATHS:
