@@ -173,9 +173,12 @@ def test_refusals(tiny_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA A100")
-    with pytest.raises(ValueError, match=r"NVIDIA A100 \(compute capability 8.0\) has no fp8 tensor cores: .*8.9"):
+    with pytest.raises(ValueError, match=r"NVIDIA A100 \(compute capability 8.0\) cannot run fp8: it needs 8.9"):
         cuda._check_gpu("fp8")
     cuda._check_gpu("int8")  # an A100 has int8 tensor cores
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (7, 5))
+    with pytest.raises(ValueError, match="cannot run int8: it needs 8.0"):  # bf16 around them
+        cuda._check_gpu("int8")
 
 
 def test_the_report_measures_real_matmuls_beside_the_emulation(tiny_dir, transformer):

@@ -74,13 +74,15 @@ def _on_gpu(judge: Judge, model_path, quants: dict, recipe: Recipe, log) -> dict
     or why it was not measured there."""
     import torch
 
-    if not torch.cuda.is_available() or recipe.activations == "none":
+    if not torch.cuda.is_available():
         return {}
+    if recipe.activations == "none":
+        return {"gpu": {"not_measured": "weight-only: the cuda backend has no real int4 matmul path"}}
     log(f"measuring real {recipe.format} matmuls on {torch.cuda.get_device_name()}")
     try:
         return {"gpu": on_device(judge, model_path, quants, recipe.format)}
-    except ValueError as e:  # a GPU without this precision's tensor cores
-        return {"gpu": {"not_measured": str(e)}}
+    except (ValueError, RuntimeError) as e:  # a GPU without the tensor cores, or out of memory
+        return {"gpu": {"not_measured": str(e).splitlines()[0]}}
 
 
 def quantize(

@@ -44,12 +44,15 @@ def choose(cpu: Cpu, flop: float, gpu: str | None = None) -> Choice:
 
 
 def visible_gpu() -> str | None:
-    """The CUDA GPU torch sees, by name; None without one (or without torch)."""
+    """The CUDA GPU torch sees, by name, if the cuda backend can run on it (bf16: Ampere or
+    newer); None otherwise (or without torch)."""
     try:
         import torch
     except ImportError:
         return None
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
+        return None
+    return torch.cuda.get_device_name()
 
 
 def bf16_warning(cpu: Cpu) -> str | None:

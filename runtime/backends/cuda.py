@@ -26,6 +26,8 @@ PRECISIONS = ("bf16", "fp8", "int8")
 # The compute capability whose tensor cores multiply each precision: bf16 from Ampere, int8
 # from Turing, FP8 from Ada and Hopper.
 CAPABILITY = {"bf16": (8, 0), "int8": (7, 5), "fp8": (8, 9)}
+BF16 = CAPABILITY["bf16"]  # everything around the quantized matmuls runs in bf16
+RECOMPILES = 64
 
 
 class DeviceArrays:
@@ -121,8 +123,12 @@ class CudaBackend:
         if self.quantize is None:
             module = m.load_transformer(dtype, device)
         else:  # scales from the fp32 weights, as the Q/DQ graphs take them
-            module = self.quantize(m.load_transformer(torch.float32, device)).to(dtype)
+            # The scales' buffers are made on the host: moved with the rest.
+            module = self.quantize(m.load_transformer(torch.float32, device)).to(device, dtype)
         if self.compile:
+            # Prefix and step, masked and not, kept and quantized blocks: more graphs than
+            # dynamo's default of 8 before it falls back to eager without a word.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILES)
             for block in module.transformer_blocks:
                 block.compile()  # one graph for every block; shapes go dynamic on the first recompile
         return module.eval()
@@ -145,11 +151,12 @@ def _check_gpu(precision: str) -> None:
     if not torch.cuda.is_available():
         raise ValueError("the cuda backend needs an NVIDIA GPU with a CUDA build of PyTorch; none is visible here")
     capability = torch.cuda.get_device_capability()
-    if capability < CAPABILITY[precision]:
-        need = ".".join(map(str, CAPABILITY[precision]))
+    needed = max(CAPABILITY[precision], BF16)
+    if capability < needed:
+        need = ".".join(map(str, needed))
         raise ValueError(
-            f"{torch.cuda.get_device_name()} (compute capability {capability[0]}.{capability[1]}) has no {precision} "
-            f"tensor cores: {precision} needs {need} or newer"
+            f"{torch.cuda.get_device_name()} (compute capability {capability[0]}.{capability[1]}) cannot run "
+            f"{precision}: it needs {need} or newer (bf16 from 8.0, FP8 tensor cores from 8.9)"
         )
 
 
