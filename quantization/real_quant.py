@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .calibrate import calibrate
+from .calibrate import calibrate, linear_layers
 from .fake_quant import layer_quants, replace_linears
 from .recipe import QMAX, Recipe
 from .scales import LayerQuant
@@ -94,9 +94,7 @@ def quantizer(model_path, recipe: Recipe, log=print):
     def quantize(transformer: nn.Module) -> nn.Module:
         log(f"calibrating {fmt} on {len(recipe.calibration_set.prompt_list())} prompts (the {recipe.name} recipe)")
         calibration = calibrate(model_path, recipe)
-        layers = recipe.quantized_layers(
-            [n for n, m in transformer.named_modules() if isinstance(m, nn.Linear)], len(transformer.transformer_blocks)
-        )
+        layers = recipe.quantized_layers(list(linear_layers(transformer)), len(transformer.transformer_blocks))
         quantized, unfit = real_quantized(transformer, layer_quants(transformer, recipe, calibration, layers), fmt)
         if unfit:
             log(f"{len(unfit)} layer(s) stay bf16: their dims are not multiples of {ALIGN[fmt]}")
@@ -118,7 +116,6 @@ class OnHost:
 def on_device(judge, model_path, quants: dict[str, LayerQuant], fmt: str, device: str = "cuda") -> dict:
     """The judge's figures for the same plan on real `fmt` matmuls (the cuda backend: bf16
     around them), next to the fake-quant model's emulation."""
-    import torch
     from qiedge.reference_model.model_dir import ModelDir
     from qiedge.runtime.backends.cuda import CudaBackend
 

@@ -75,9 +75,8 @@ def open_backend(name: str, model=None, artifacts=None, threads: int | None = No
             f"{artifacts.path} holds {artifacts.manifest['target']} artifacts; the {name} backend runs "
             f"{entry.target} ones: use --backend {backend_for(artifacts)}"
         )
-    unknown = sorted(k for k, v in options.items() if v is not None and k not in entry.options)
-    if unknown:
-        takers = [n for n, e in REGISTRY.items() if unknown[0] in e.options]
-        raise ValueError(f"the {name} backend takes no --{unknown[0]}; {' / '.join(takers) or 'no backend'} does")
     given = {k: v for k, v in options.items() if v is not None}
+    for option in sorted(set(given) - set(entry.options)):
+        takers = [n for n, e in REGISTRY.items() if option in e.options]
+        raise ValueError(f"the {name} backend takes no --{option}; {' / '.join(takers) or 'no backend'} does")
     return importlib.import_module(entry.module).open(name, model, artifacts, threads, **given)
