@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ from . import chunks, coreml_attention, coreml_compress, coreml_fp16
 from .chunks import Chunk
 from .coreml_convert import convert, empty_inputs, interface, load_module
 from .specs import ComponentSpec
-from .stages import ExportError, GraphJob, Stage
+from .stages import ExportError, GraphJob, Stage, configure
 
 DEPLOYMENT_TARGETS = ("iOS18", "macOS15", "iOS17")
 COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_and_ne")
@@ -103,6 +103,7 @@ class CoreMLTarget:
     name = "coreml"
     tools = ("torch", "coremltools", "transformers")
     default_precision = "fp16"
+    precisions = ("fp16", "fp32")
     # The one-shot transformer graph exists for targets that cannot pass K/V between calls.
     components = ("condition_encoder", "transformer_prefix", "transformer_step", "vae_encoder", "vae_decoder")
 
@@ -110,9 +111,7 @@ class CoreMLTarget:
         self.options = options
 
     def configured(self, **options) -> CoreMLTarget:
-        chosen = replace(self.options, **options)
-        chosen.check()
-        return CoreMLTarget(chosen)
+        return CoreMLTarget(configure(self.name, self.options, options))
 
     @property
     def multifunction(self) -> bool:
@@ -254,6 +253,9 @@ class CoreMLTarget:
         """The buckets, so a runtime refuses a request none of them holds before loading anything."""
         sizes, lengths = [str(s) for s in self.options.sizes], list(self.options.prompt_lengths)
         return {"buckets": {"sizes": sizes, "prompt_lengths": lengths}}
+
+    def finish(self, root: Path, manifest: dict) -> None:
+        pass
 
     def files(self, root: Path, entry: dict) -> list[Path]:
         packages = [c["graph"] for c in entry.get("chunks", [])] or [entry["graph"]]

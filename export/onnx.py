@@ -214,6 +214,7 @@ class OnnxTarget:
     name = "onnx"
     tools = ("torch", "onnx", "onnxscript", "onnxruntime", "transformers")
     default_precision = "fp32"
+    precisions = ("fp32", "fp16")
     components = None
 
     def configured(self, **options) -> OnnxTarget:
@@ -237,6 +238,9 @@ class OnnxTarget:
 
     def manifest(self) -> dict:
         return {}
+
+    def finish(self, root: Path, manifest: dict) -> None:
+        pass
 
 
 TARGET = OnnxTarget()

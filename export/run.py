@@ -26,7 +26,7 @@ from .specs import SPECS, ModelConfigs, describe
 from .stages import GraphJob, Pass, Target, run_stages
 from .targets import get_target
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def model_configs(model: ModelDir | None, preset: Preset | None) -> ModelConfigs:
@@ -84,8 +84,8 @@ def export_artifacts(
     """
     chosen = get_target(target, **(target_options or {}))
     precision = precision or chosen.default_precision
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision not in chosen.precisions:
+        raise ValueError(f"the {chosen.name} target exports {', '.join(chosen.precisions)}, not {precision!r}")
     names = components or list(chosen.components or SPECS)
     unknown = [n for n in names if n not in SPECS]
     if unknown:
@@ -116,6 +116,7 @@ def export_artifacts(
                 on_component(name, time.perf_counter() - start)
         manifest = _manifest(tmp, chosen, entries, configs, model, preset, precision, seed) | (extra or {})
         (tmp / MANIFEST).write_text(_dumps(manifest))
+        chosen.finish(tmp, manifest)
     return manifest
 
 

@@ -14,6 +14,15 @@ from qiedge.reference_model.weights import weight_files
 from safetensors import safe_open
 
 
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """NumPy has no bfloat16: bf16 tensors come back as ml_dtypes' (which ONNX writes as BFLOAT16)."""
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
 class CheckpointSource:
     def __init__(self, folder: Path):
         self.files = {}
@@ -26,7 +35,7 @@ class CheckpointSource:
 
     def get(self, key: str, dtype: torch.dtype) -> np.ndarray:
         with safe_open(self.files[key], framework="pt") as f:
-            return f.get_tensor(key).to(dtype).numpy()
+            return as_numpy(f.get_tensor(key).to(dtype))
 
 
 CHUNK = 1 << 24  # elements
@@ -47,11 +56,11 @@ class RandomSource:
         generator = torch.Generator().manual_seed(self.seed * 2**32 + zlib.crc32(key.encode()))
         out = torch.empty(shape, dtype=dtype)
         if len(shape) == 1:
-            return out.copy_(1 + 0.1 * torch.randn(shape, generator=generator)).numpy()
+            return as_numpy(out.copy_(1 + 0.1 * torch.randn(shape, generator=generator)))
         # Filled a block of rows at a time, so the fp32 draw never doubles a large tensor's memory.
         scale = 1 / math.prod(shape[1:]) ** 0.5
         rows = max(1, CHUNK // math.prod(shape[1:]))
         for start in range(0, shape[0], rows):
             block = out[start : start + rows]
             block.copy_(torch.randn(block.shape, generator=generator).mul_(scale))
-        return out.numpy()
+        return as_numpy(out)

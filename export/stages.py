@@ -69,6 +69,7 @@ class Target(Protocol):
     name: str
     tools: tuple[str, ...]  # packages whose versions the manifest records
     default_precision: str
+    precisions: tuple[str, ...]  # the float precisions it exports
     components: tuple[str, ...] | None  # exported by default (None: every spec)
 
     def configured(self, **options) -> Target: ...  # the target with its own options set
@@ -80,6 +81,22 @@ class Target(Protocol):
     def files(self, root: Path, entry: dict) -> list[Path]: ...  # every file a manifest entry needs, hashed
 
     def manifest(self) -> dict: ...  # the target's fields at the manifest's top level
+
+    def finish(self, root: Path, manifest: dict) -> None: ...  # files beside the graphs, once all are in
+
+
+def configure(target: str, defaults, options: dict):
+    """`defaults` (a target's options dataclass) with `options` set; another target's are refused."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(defaults)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
+        raise ValueError(f"the {target} target takes no {flags}")
+    chosen = dataclasses.replace(defaults, **options)
+    chosen.check()
+    return chosen
 
 
 def run_stages(job: GraphJob, stages: Sequence[Stage]) -> None:

@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .stages import Target
 
-TARGETS = {"onnx": "qiedge.export.onnx", "coreml": "qiedge.export.coreml"}  # name -> the module that defines its TARGET
+TARGETS = {
+    "onnx": "qiedge.export.onnx",
+    "coreml": "qiedge.export.coreml",
+    "tensorrt": "qiedge.export.tensorrt",
+}  # name -> the module that defines its TARGET
 
 
 def get_target(name: str, **options) -> Target:

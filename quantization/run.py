@@ -94,6 +94,8 @@ def quantize(
     eval_prompts: str = "held-out",
     components: list[str] | None = None,
     log=print,
+    target: str = "onnx",
+    target_options: dict | None = None,
 ) -> dict:
     from qiedge.export.run import export_artifacts
 
@@ -140,7 +142,15 @@ def quantize(
     log("exporting Q/DQ graphs")
     plan = QdqPlan(quants, recipe.format)
     extra = {"precision": recipe.format, "quantization": record}
-    export_artifacts(out, model=model, components=components, passes=[plan.as_pass(record)], extra=extra)
+    export_artifacts(
+        out,
+        target,
+        model=model,
+        components=components,
+        passes=[plan.as_pass(record)],
+        extra=extra,
+        target_options=target_options,
+    )
     (Path(out) / "recipe.json").write_text(recipe.to_json())
     if report_dir is not None:
         from .report import write_report

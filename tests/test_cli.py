@@ -173,10 +173,6 @@ def test_export_preset_with_stand_in_weights(tmp_path):
 
 def test_export_refuses_bad_requests(tiny, tmp_path):
     assert "exactly one of --model DIR or --preset P" in qiedge("export", "--out", str(tmp_path / "a")).stderr
-    assert (
-        "target tensorrt is not built yet"
-        in qiedge("export", "--preset", "tiny", "--target", "tensorrt", "--out", str(tmp_path / "b")).stderr
-    )
     result = qiedge("export", "--model", str(tiny), "--components", "nope", "--out", str(tmp_path / "c"))
     assert result.returncode == 2 and "unknown component(s) nope" in result.stderr
     assert not (tmp_path / "c").exists()
@@ -194,6 +190,9 @@ def test_export_refuses_bad_requests(tiny, tmp_path):
             "deploy to iOS18 or macOS15",
         ),
         (["--target", "coreml", "--max-chunk-mb", "0"], "--max-chunk-mb must be positive"),
+        (["--target", "coreml", "--device", "orin"], "the coreml target takes no --device"),
+        (["--target", "tensorrt", "--device", "orin", "--precision", "fp8"], "Jetson Orin (Ampere) cannot run fp8"),
+        (["--target", "tensorrt", "--trt", "9.0"], "no TensorRT 9.0 operator table; known: 10.6, 10.8, 10.15, 11.0"),
         (
             ["--target", "coreml", "--sensitivity", "r.json"],
             "--sensitivity chooses the 8-bit layers of --compress mixed",

@@ -116,6 +116,7 @@ def cmd_generate(args) -> None:
 
 def cmd_export(args) -> None:
     from qiedge.export.targets import get_target
+    from qiedge.export.tensorrt_devices import QUANTIZED
     from qiedge.reference_model import presets
     from qiedge.reference_model.model_dir import ModelDir
 
@@ -123,27 +124,19 @@ def cmd_export(args) -> None:
     get_target(args.target, **options)  # an unbuilt target or a bad option is refused before anything loads
     if bool(args.model) == bool(args.preset):
         raise ValueError("export needs exactly one of --model DIR or --preset P")
-    from qiedge.export.run import export_artifacts
-
+    quantized = args.precision in QUANTIZED
+    if quantized and args.target != "tensorrt":
+        raise ValueError(f"--precision {args.precision} exports for tensorrt; for onnx use `qiedge quantize`")
+    if quantized and not args.model:
+        raise ValueError(f"{args.precision} graphs are calibrated on real weights: pass --model DIR, not --preset")
     model = ModelDir.open(args.model) if args.model else None
-    preset = presets.get_preset(args.preset) if args.preset else None
-    components = args.components.split(",") if args.components else None
-
-    def report(name, seconds):
-        return args.json or print(f"exported {name} in {seconds:.1f} s", file=sys.stderr)
-
-    manifest = export_artifacts(
-        args.out,
-        args.target,
-        args.precision,
-        model=model,
-        preset=preset,
-        seed=args.seed,
-        components=components,
-        on_component=report,
-        target_options=options,
-    )
-    if model is not None and not args.no_parity:
+    if quantized:
+        manifest = _export_quantized(args, model, options)
+    else:
+        manifest = _export_float(args, model, presets.get_preset(args.preset) if args.preset else None, options)
+    # ONNX Runtime's CPU provider has no bf16 MatMul: bf16 graphs are measured only where they run.
+    measurable = args.precision != "bf16"
+    if model is not None and not args.no_parity and measurable:
         manifest = _record_parity(Path(args.out), model.path)
     failed = [
         n
@@ -152,9 +145,55 @@ def cmd_export(args) -> None:
     ]
     unmeasured = [n for n, c in manifest["components"].items() if c["parity"] and not c["parity"]["measured"]]
     note = f"; parity not measured (no case fits the buckets): {', '.join(unmeasured)}" if unmeasured else ""
+    if model is not None and not measurable:
+        note += "; parity not measured (ONNX Runtime's CPU provider cannot run bf16 graphs)"
+    if args.target == "tensorrt":
+        note += f"; {manifest['tensorrt']['engines']}"
     _emit(args, manifest, f"wrote {args.out} ({', '.join(manifest['components'])}){note}")
     if failed:
         raise ValueError(f"exported, but parity misses its threshold for: {', '.join(failed)} (see manifest.json)")
+
+
+def _export_float(args, model, preset, options: dict) -> dict:
+    from qiedge.export.run import export_artifacts
+
+    def report(name, seconds):
+        return args.json or print(f"exported {name} in {seconds:.1f} s", file=sys.stderr)
+
+    # TensorRT's --precision names the engine's; its graph is fp16 (or bf16) around any Q/DQ.
+    precision = args.precision if args.target != "tensorrt" or args.precision == "bf16" else None
+    return export_artifacts(
+        args.out,
+        args.target,
+        precision,
+        model=model,
+        preset=preset,
+        seed=args.seed,
+        components=args.components.split(",") if args.components else None,
+        on_component=report,
+        target_options=options,
+    )
+
+
+def _export_quantized(args, model, options: dict) -> dict:
+    """The shipped recipe calibrated on the model, its Q/DQ in the target's graphs."""
+    from qiedge.quantization.recipe import Recipe
+    from qiedge.quantization.run import quantize
+
+    log = (lambda message: None) if args.json else (lambda message: print(message, file=sys.stderr))
+    components = args.components.split(",") if args.components else None
+    quantize(
+        model.path,
+        Recipe.load(args.precision),
+        args.out,
+        components=components,
+        log=log,
+        target=args.target,
+        target_options=options,
+    )
+    from qiedge.core.artifacts import Artifacts
+
+    return Artifacts.open(args.out).manifest
 
 
 def _target_options(args) -> dict:
@@ -162,8 +201,13 @@ def _target_options(args) -> dict:
     from qiedge.core.buckets import parse_lengths, parse_sizes
 
     parse = {"sizes": parse_sizes, "prompt_lengths": parse_lengths, "max_chunk_mb": float}
-    names = ("deployment_target", "compute_units", "sizes", "prompt_lengths", "compress", "max_chunk_mb")
-    options = {n: parse.get(n, str)(getattr(args, n)) for n in names if getattr(args, n) is not None}
+    names = (
+        *("deployment_target", "compute_units", "sizes", "prompt_lengths", "compress", "max_chunk_mb"),
+        *("device", "trt", "max_batch", "static", "build", "opt_level", "timing_cache", "weight_streaming"),
+    )
+    options = {n: parse.get(n, lambda v: v)(getattr(args, n)) for n in names if getattr(args, n) is not None}
+    if args.target == "tensorrt" and args.precision:
+        options["precision"] = args.precision
     if args.sensitivity and args.compress != "mixed":
         raise ValueError("--sensitivity chooses the 8-bit layers of --compress mixed")
     if args.compress == "mixed":
@@ -202,6 +246,23 @@ def _record_parity(out: Path, model: Path) -> dict:
             }
 
     return update_manifest(out, record)
+
+
+def cmd_check(args) -> None:
+    from qiedge.core.artifacts import Artifacts
+    from qiedge.export import tensorrt_check
+
+    artifacts = Artifacts.open(args.artifacts)
+    version = args.trt or artifacts.manifest.get("tensorrt", {}).get("checked_against")
+    version = tensorrt_check.resolve(version or tensorrt_check.versions()[-1])
+    problems = {name: tensorrt_check.check_file(artifacts.verify(name), version) for name in artifacts.components}
+    lines = [f"{name:<20} {'ok' if not found else f'{len(found)} problem(s)'}" for name, found in problems.items()]
+    lines += [f"  {p}" for found in problems.values() for p in found]
+    payload = {"tensorrt": version, "components": problems, "passed": not any(problems.values())}
+    _emit(args, payload, f"TensorRT {version} ({tensorrt_check.table(version).source})\n" + "\n".join(lines))
+    if not payload["passed"]:
+        failing = [name for name, found in problems.items() if found]
+        raise ValueError(f"not TensorRT {version}-ready: {', '.join(failing)}")
 
 
 def cmd_parity(args) -> None:
@@ -310,6 +371,8 @@ def cmd_quantize(args) -> None:
 def cmd_inspect(args) -> None:
     if args.hardware:
         return _inspect_hardware(args)
+    if args.target == "tensorrt":
+        return _inspect_memory(args)
     from qiedge.reference_model import inspect, presets
     from qiedge.reference_model.model_dir import ModelDir
 
@@ -325,6 +388,72 @@ def cmd_inspect(args) -> None:
     r = info["resolution"]
     lines.append(f"{r['width']}x{r['height']}: latent grid {r['latent_grid']}, {r['image_tokens']} image tokens")
     _emit(args, info, "\n".join(lines))
+
+
+def _memory_size(text: str) -> int:
+    number = text.upper().removesuffix("B").removesuffix("G")
+    if not number.replace(".", "", 1).isdigit():
+        raise ValueError(f"--memory {text!r}: give gigabytes, e.g. 16GB")
+    return int(float(number) * (1 << 30))
+
+
+def _inspect_memory(args) -> None:
+    from qiedge.core.artifacts import Artifacts
+    from qiedge.export import tensorrt_memory
+    from qiedge.export.tensorrt_devices import DEVICES
+
+    if not args.artifacts:
+        raise ValueError("the memory plan measures exported graphs: pass --artifacts ART (from --target tensorrt)")
+    artifacts = Artifacts.open(args.artifacts)
+    if artifacts.manifest["target"] != "tensorrt":
+        raise ValueError(f"{args.artifacts} holds {artifacts.manifest['target']} artifacts, not tensorrt ones")
+    memories = [_memory_size(args.memory)] if args.memory else [16 << 30, 32 << 30, 64 << 30]
+    needs = tensorrt_memory.needs(artifacts)
+    workspace = DEVICES[args.device].workspace_mb << 20
+    plans = [tensorrt_memory.plan(needs, memory, workspace) for memory in memories]
+    gb = 1 << 30
+    precision = artifacts.manifest["precision"]
+    lines = [f"{precision} engines of {args.artifacts}, largest profile shapes, on {args.device}:"]
+    lines += [
+        f"  {phase:<18} weights {n.weights / gb:6.2f} GB  activations <= {n.activations / gb:6.2f} GB"
+        + (f" ({n.unresolved} tensors unresolved)" if n.unresolved else "")
+        for phase, n in needs.items()
+    ]
+    lines += [f"{p['memory'] / gb:>4.0f} GB ({p['usable'] / gb:.0f} usable): {p['verdict']}" for p in plans]
+    estimates = _quantized_estimates(artifacts, needs, memories, workspace, args.device)
+    for e in estimates:
+        lines.append(f"{e['precision']}, estimated from these weights ({e['bits']:g} bits per quantized weight):")
+        lines += [f"{p['memory'] / gb:>4.0f} GB: {p['verdict']}" for p in e["plans"]]
+    payload = {
+        "needs": {k: vars(v) for k, v in needs.items()},
+        "plans": plans,
+        "estimates": estimates,
+        "device": args.device,
+    }
+    _emit(args, payload, "\n".join(lines))
+
+
+def _quantized_estimates(artifacts, needs, memories: list[int], workspace: int, device: str) -> list[dict]:
+    """From fp16 artifacts, each quantized precision the device runs: the transformer's weights
+    with the shipped recipe's layers at its width (activations as in fp16)."""
+    from qiedge.export import tensorrt_memory
+    from qiedge.export.tensorrt_devices import DEVICES, QUANTIZED
+    from qiedge.quantization.recipe import Recipe
+
+    graphs = [c for c in tensorrt_memory.PHASES["transformer"] if c in artifacts.components]
+    if artifacts.manifest["precision"] != "fp16" or not graphs:
+        return []
+    layers = {n: e for c in graphs for n, e in tensorrt_memory.matrices(artifacts.verify(c)).items()}
+    blocks = artifacts.manifest["model"]["transformer"]["num_layers"]
+    estimates = []
+    for precision in (p for p in QUANTIZED if p in DEVICES[device].precisions):
+        recipe = Recipe.load(precision)
+        bits = 4 + 16 / recipe.group_size if recipe.format == "int4" else 8  # int4: an fp16 scale per group
+        elements = sum(layers[n] for n in recipe.quantized_layers(list(layers), blocks))
+        need = {**needs, "transformer": tensorrt_memory.requantized(needs["transformer"], elements, bits)}
+        plans = [tensorrt_memory.plan(need, memory, workspace) for memory in memories]
+        estimates.append({"precision": precision, "bits": bits, "quantized_weights": elements, "plans": plans})
+    return estimates
 
 
 def _inspect_hardware(args) -> None:

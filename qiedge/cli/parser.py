@@ -10,6 +10,7 @@ from . import commands as c
 
 def build_parser() -> argparse.ArgumentParser:
     from qiedge.export.targets import TARGETS  # registries load their modules on use: --help stays instant
+    from qiedge.export.tensorrt_devices import DEVICES
     from qiedge.runtime.auto import BACKENDS
 
     parser = argparse.ArgumentParser(prog="qiedge", description="Qwen-Image-2 for phones, Macs and edge GPUs.")
@@ -64,8 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", help="model directory (weights streamed from its safetensors)")
     source.add_argument("--preset", help="a preset with deterministic stand-in weights, e.g. qwen-image-2-7b")
-    p.add_argument("--target", default="onnx", help=f"built: {', '.join(TARGETS)} (TensorRT is planned)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), help="default: fp32 for onnx, fp16 for coreml")
+    p.add_argument("--target", default="onnx", help=f"one of {', '.join(TARGETS)}")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16", "int8", "fp8", "int4"),
+        help="default: fp32 for onnx, fp16 for coreml and tensorrt; bf16 and the quantized ones: tensorrt "
+        "(int8 / fp8 / int4 calibrate the shipped recipe on --model)",
+    )
+    shapes = p.add_argument_group("shapes (--target coreml: one function each; tensorrt: the profile's range)")
+    shapes.add_argument("--sizes", help="image sizes WxH[,WxH...] (default 1024x1024)")
+    shapes.add_argument("--prompt-lengths", help="prompt lengths in tokens, e.g. 128,512 (the default)")
     coreml = p.add_argument_group("Core ML (--target coreml)")
     coreml.add_argument("--deployment-target", choices=("iOS18", "macOS15", "iOS17"))
     coreml.add_argument(
@@ -73,8 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("all", "cpu_and_gpu", "cpu_and_ne"),
         help="all (default) and cpu_and_ne get the Neural Engine's split-einsum attention, cpu_and_gpu the plain one",
     )
-    coreml.add_argument("--sizes", help="image sizes, one function each: WxH[,WxH...] (default 1024x1024)")
-    coreml.add_argument("--prompt-lengths", help="prompt-length buckets in tokens, e.g. 128,512 (the default)")
     coreml.add_argument(
         "--compress",
         choices=("int8", "int4", "palettize4", "palettize6", "mixed"),
@@ -92,12 +99,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="cut the transformer into packages of at most this many MB of weights "
         "(default 1024 where the Neural Engine may run it, the limit iOS loads; none for cpu_and_gpu)",
     )
+    trt = p.add_argument_group("TensorRT (--target tensorrt)")
+    trt.add_argument("--device", choices=DEVICES, help="the GPU the engines are for (default hopper)")
+    trt.add_argument("--trt", help="the TensorRT version to check and build for (default: the device's)")
+    trt.add_argument("--max-batch", type=int, help="the profiles' largest batch (default 1)")
+    trt.add_argument("--static", action="store_true", default=None, help="min = opt = max shapes, for CUDA graphs")
+    trt.add_argument("--build", action="store_true", default=None, help="build the engines here (needs tensorrt)")
+    trt.add_argument("--opt-level", type=int, help="builder optimization level (default 3)")
+    trt.add_argument("--timing-cache", help="a timing cache from an earlier build on this GPU (read and updated)")
+    trt.add_argument(
+        "--weight-streaming", action="store_true", default=None, help="let the engine stream weights from host memory"
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--components", help="comma-separated subset (default: all)")
     p.add_argument("--seed", type=int, default=0, help="stand-in weights' seed (with --preset)")
     p.add_argument("--no-parity", action="store_true", help="skip measuring parity into the manifest")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=c.cmd_export)
+
+    p = sub.add_parser("check", help="check exported graphs statically against a target (TensorRT's ONNX parser)")
+    p.add_argument("artifacts")
+    p.add_argument("--target", choices=("tensorrt",), default="tensorrt")
+    p.add_argument("--trt", help="the TensorRT version (default: the one the artifacts were exported for)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=c.cmd_check)
 
     p = sub.add_parser("parity", help="check artifacts against the reference, per component and end to end")
     p.add_argument("--artifacts", required=True)
@@ -147,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the CPU, what torch and onnxruntime make of it, and the path --backend auto picks here",
     )
+    memory = p.add_argument_group("TensorRT memory plan (--target tensorrt --artifacts ART)")
+    memory.add_argument("--target", choices=("tensorrt",), help="what of ART's engines fit a device's memory")
+    memory.add_argument("--artifacts", help="tensorrt artifacts (their weights and profiles are measured)")
+    memory.add_argument("--device", choices=DEVICES, default="orin")
+    memory.add_argument("--memory", help="the device's memory, e.g. 16GB (default: 16GB, 32GB and 64GB)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=c.cmd_inspect)
     return parser
