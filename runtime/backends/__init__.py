@@ -40,6 +40,8 @@ class Entry:
     needs: str  # "model": a model directory (--model); "artifacts": exported graphs (--artifacts)
     target: str | None = None  # the export target whose artifacts it runs
     options: tuple[str, ...] = ()  # the keyword options its `open` takes
+    reads: tuple[str, ...] = ()  # other targets whose artifacts it runs as well (the same ONNX graphs)
+    requires: str | None = None  # a module that must import for it to run here
 
 
 NEEDS = {
@@ -50,16 +52,25 @@ REGISTRY = {
     "torch": Entry("qiedge.runtime.backends.pytorch", "model"),
     "torch-compile": Entry("qiedge.runtime.backends.pytorch", "model"),
     "torch-bf16": Entry("qiedge.runtime.backends.pytorch", "model"),
-    "onnxruntime": Entry("qiedge.runtime.backends.onnx_runtime", "artifacts", "onnx"),
+    # TensorRT's graphs are ONNX: ONNX Runtime runs them where TensorRT is not (their numerics, checked).
+    "onnxruntime": Entry("qiedge.runtime.backends.onnx_runtime", "artifacts", "onnx", reads=("tensorrt",)),
     "coreml": Entry("qiedge.runtime.backends.coreml", "artifacts", "coreml"),
     "cuda": Entry("qiedge.runtime.backends.cuda", "model", options=("precision", "quantize")),
+    "tensorrt": Entry("qiedge.runtime.backends.tensorrt", "artifacts", "tensorrt", requires="tensorrt"),
 }
 
 
 def backend_for(artifacts) -> str:
-    """The backend that runs an artifacts directory's target."""
+    """The backend that runs an artifacts directory's target here: its own where what it requires
+    imports, else one that reads that target's files."""
+    import importlib.util
+
     target = artifacts.manifest["target"]
-    return next(name for name, entry in REGISTRY.items() if entry.target == target)
+    own = next(name for name, entry in REGISTRY.items() if entry.target == target)
+    requires = REGISTRY[own].requires
+    if requires is None or importlib.util.find_spec(requires) is not None:
+        return own
+    return next(name for name, entry in REGISTRY.items() if target in entry.reads)
 
 
 def open_backend(name: str, model=None, artifacts=None, threads: int | None = None, **options) -> Backend:
@@ -70,7 +81,7 @@ def open_backend(name: str, model=None, artifacts=None, threads: int | None = No
     entry = REGISTRY[name]
     if {"model": model, "artifacts": artifacts}[entry.needs] is None:
         raise ValueError(f"the {name} backend {NEEDS[entry.needs]}")
-    if entry.needs == "artifacts" and artifacts.manifest["target"] != entry.target:
+    if entry.needs == "artifacts" and artifacts.manifest["target"] not in (entry.target, *entry.reads):
         raise ValueError(
             f"{artifacts.path} holds {artifacts.manifest['target']} artifacts; the {name} backend runs "
             f"{entry.target} ones: use --backend {backend_for(artifacts)}"
