@@ -76,7 +76,6 @@ class TensorRTOptions:
     @property
     def settings(self) -> BuildSettings:
         return BuildSettings(
-            strongly_typed=int(self.version.split(".")[0]) < 11,
             optimization_level=self.opt_level,
             workspace_mb=DEVICES[self.device].workspace_mb,
             weight_streaming=self.weight_streaming,

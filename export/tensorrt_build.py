@@ -32,8 +32,9 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict, settings: Bui
     trt = tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    strongly_typed = int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if settings.strongly_typed else None
-    network = builder.create_network(0 if strongly_typed is None else 1 << strongly_typed)
+    # Always strongly typed (TensorRT 11 ignores the flag, 10 needs it, weight streaming too): the
+    # graph decides every precision, whichever TensorRT builds it.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -46,7 +47,8 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict, settings: Bui
         config.set_flag(trt.BuilderFlag.WEIGHT_STREAMING)
     cache_path = Path(cache) if cache else None
     timing = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
-    config.set_timing_cache(timing, ignore_mismatch=False)
+    if timing is None or not config.set_timing_cache(timing, ignore_mismatch=False):
+        raise ExportError(f"timing cache {cache_path}: unreadable, or from another GPU or TensorRT; delete it")
     profile = builder.create_optimization_profile()
     for name, s in shapes.items():
         profile.set_shape(name, s["min"], s["opt"], s["max"])

@@ -67,7 +67,6 @@ def is_static(shapes: dict) -> bool:
 class BuildSettings:
     """How an engine is built, the same whether by the Python API or by trtexec."""
 
-    strongly_typed: bool  # TensorRT 10 needs the flag; 11 builds every network strongly typed
     optimization_level: int = 3  # bounds build memory and time on the 7B transformer
     workspace_mb: int = 4096
     weight_streaming: bool = False
@@ -84,11 +83,11 @@ def trtexec_command(onnx: str, engine: str, shapes: dict, settings: BuildSetting
     command = [
         "trtexec",
         f"--onnx={onnx}",
-        *(["--stronglyTyped"] if settings.strongly_typed else []),
+        "--stronglyTyped",  # TensorRT 10 needs it (weight streaming too); 11 accepts it, always strongly typed
         *(f"--{level}Shapes={_shapes(shapes, level)}" for level in LEVELS),
         f"--timingCacheFile={settings.timing_cache}",
         f"--builderOptimizationLevel={settings.optimization_level}",
-        f"--memPoolSize=workspace:{settings.workspace_mb}M",
+        f"--memPoolSize=workspace:{settings.workspace_mb}",  # in MiB, trtexec's default unit
         *(["--allowWeightStreaming"] if settings.weight_streaming else []),
         "--profilingVerbosity=detailed",
         f"--exportLayerInfo={stem}.layers.json",

@@ -319,7 +319,7 @@ def test_build_commands_for_the_demo_and_7b_models(preset):
         512,
         t.attention_head_dim,
     ]
-    assert flags["memPoolSize"] == "workspace:2048M"  # Orin's, whose GPU shares the system memory
+    assert flags["memPoolSize"] == "workspace:2048"  # Orin's, whose GPU shares the system memory
     if preset == "qwen-image-2-7b":
         assert (t.num_layers, t.num_attention_heads, t.attention_head_dim, t.in_channels) == (32, 32, 128, 64)
 

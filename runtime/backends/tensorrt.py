@@ -49,12 +49,13 @@ class TensorRTSession:
         self.outputs = [n for n in names if n not in self.inputs]
         self.dtypes = {n: _torch_dtype(trt, torch, engine.get_tensor_dtype(n)) for n in names}
         self.stream = torch.cuda.Stream()
-        self.graph, self.bound = None, {}
+        self.graph, self.bound, self.placeholders = None, {}, []
 
     def run(self, feeds: dict) -> dict:
         import torch
 
         inputs = {n: self._device(n, feeds[n]) for n in self.inputs}
+        self.stream.wait_stream(torch.cuda.current_stream())  # the inputs were written on that one
         with torch.cuda.stream(self.stream):
             outputs = self._replay(inputs) if self.static else self._execute(inputs)
         self.stream.synchronize()
@@ -76,9 +77,14 @@ class TensorRTSession:
     def _bind(self, inputs: dict) -> dict:
         import torch
 
+        self.placeholders = []  # kept alive while TensorRT may read them (a CUDA graph: always)
         for name, tensor in inputs.items():
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise ValueError(f"{self.component}: TensorRT refused {name} of shape {tuple(tensor.shape)}")
+            # An empty tensor (the prefix's cond_latents without condition images) has no storage,
+            # and TensorRT needs a non-null address for every input.
+            storage = tensor if tensor.numel() else self._placeholder(tensor)
+            self.context.set_tensor_address(name, storage.data_ptr())
         outputs = {
             n: torch.empty(tuple(self.context.get_tensor_shape(n)), dtype=self.dtypes[n], device="cuda")
             for n in self.outputs
@@ -86,6 +92,12 @@ class TensorRTSession:
         for name, tensor in outputs.items():
             self.context.set_tensor_address(name, tensor.data_ptr())
         return outputs
+
+    def _placeholder(self, tensor):
+        import torch
+
+        self.placeholders.append(torch.empty(1, dtype=tensor.dtype, device=tensor.device))
+        return self.placeholders[-1]
 
     def _execute(self, inputs: dict) -> dict:
         outputs = self._bind(inputs)
@@ -144,6 +156,9 @@ class TensorRTBackend:
                 f"{path}: TensorRT {self.version} cannot load this engine (built by another TensorRT "
                 f"version or for another GPU): rebuild it here with {self.artifacts.path}/build_engines.sh"
             )
+        if self.artifacts.manifest["tensorrt"]["settings"]["weight_streaming"]:
+            # Streaming is off unless a budget is set before the context exists: let TensorRT size it.
+            engine.weight_streaming_budget_v2 = engine.weight_streaming_automatic_budget
         return TensorRTSession(component, engine, entry["profile"], entry["static"])
 
     def _engine_path(self, component: str, entry: dict) -> Path:
