@@ -20,7 +20,7 @@ from qiedge.export.specs import SPECS
 from qiedge.parity.checks import cached_step_velocities, case_context
 from qiedge.quantization.accuracy import torch_sessions
 from qiedge.quantization.calibrate import calibrate
-from qiedge.quantization.fake_quant import quantize_transformer
+from qiedge.quantization.fake_quant import attention_quants, fake_quantized, layer_quants
 from qiedge.quantization.recipe import Recipe
 from qiedge.quantization.run import quantize
 from qiedge.runtime import ort_int8
@@ -74,7 +74,10 @@ def _quantize_every_block(fmt, tiny_dir, model, out) -> Quantized:
     )
     out = out / "artifacts"
     calibration = None if fmt == "int4" else calibrate(tiny_dir, recipe)
-    fake = quantize_transformer(model.load_transformer(), recipe, calibration, record["layers_quantized"])
+    reference = model.load_transformer()
+    quants = layer_quants(reference, recipe, calibration, record["layers_quantized"])
+    attention = attention_quants(reference, recipe, calibration) if calibration else {}
+    fake = fake_quantized(reference, quants, recipe.format, attention)
     torch_prefix, torch_step = torch_sessions(fake)
     cases = []
     for _, feeds in SPECS["transformer_step"].cases(case_context(Artifacts.open(out), model)):
@@ -83,12 +86,14 @@ def _quantize_every_block(fmt, tiny_dir, model, out) -> Quantized:
     return Quantized(out, record, cases)
 
 
-@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4"])
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4", "fp8-attention"])
 def test_qdq_graph_equals_the_fake_quant_model(fmt, quantized, model):
     q = quantized(fmt)
     assert len(q.record["layers_quantized"]) == 7 * model.transformer.num_layers
+    attention = len(q.record["attention_fp8"])
+    assert attention == (model.transformer.num_layers if fmt == "fp8-attention" else 0)
     manifest = Artifacts.open(q.out).manifest
-    assert manifest["components"]["transformer_step"]["precision"] == fmt
+    assert manifest["components"]["transformer_step"]["precision"] == fmt.removesuffix("-attention")
     assert manifest["quantization"]["scales_hash"] == q.record["scales_hash"]
     assert manifest["quantization"]["accuracy"]["measured_on"]["cpu"] == detect().summary()
     kernels = manifest["quantization"].get("onnxruntime_int8", {}).get("where_u8s8_kernels_saturate", {})
@@ -100,8 +105,9 @@ def test_qdq_graph_equals_the_fake_quant_model(fmt, quantized, model):
     ops = [n.op_type for n in graph.node]
     layers = len(q.record["layers_quantized"])
     weight_only = fmt == "int4"
-    assert ops.count("QuantizeLinear") == (0 if weight_only else layers)
-    assert ops.count("DequantizeLinear") == (1 if weight_only else 2) * layers
+    # FP8 attention: q, k, the probabilities and v, each through its own Q/DQ.
+    assert ops.count("QuantizeLinear") == (0 if weight_only else layers) + 4 * attention
+    assert ops.count("DequantizeLinear") == (1 if weight_only else 2) * layers + 4 * attention
 
     onnx = cached_step_velocities(OnnxRuntimeBackend(Artifacts.open(q.out)), [(p, f) for p, f, _ in q.cases])
     for actual, (_, _, expected) in zip(onnx, q.cases):

@@ -78,7 +78,7 @@ def trt_quantized(tiny_dir, tmp_path_factory):
             quantize(
                 tiny_dir, recipe, root / "art", eval_prompts=str(prompts), log=lambda m: None,
                 components=["transformer_prefix", "transformer_step"], target="tensorrt",
-                target_options={"precision": fmt, "device": "hopper"},
+                target_options={"precision": recipe.format, "device": "hopper"},
             )  # fmt: skip
             made[fmt] = root / "art"
         return made[fmt]
@@ -106,7 +106,10 @@ def test_fp16_graphs_pass_every_table(trt_fp16, version):
         assert tensorrt_check.check_file(graph, version) == [], graph
 
 
-@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4"])
+QUANTIZED = ["int8", "fp8", "int4", "fp8-attention"]
+
+
+@pytest.mark.parametrize("fmt", QUANTIZED)
 def test_quantized_graphs_pass_the_tables_whose_opset_holds_them(trt_quantized, fmt):
     for graph in _graphs(trt_quantized(fmt)):
         model = onnx.load(str(graph), load_external_data=False)
@@ -147,12 +150,42 @@ def test_fp16_graphs_match_the_reference_on_onnx_runtime(trt_fp16, tiny_dir):
     assert min(c["psnr_db"] for c in report["end_to_end"]["cases"]) >= 50
 
 
-@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4"])
+@pytest.mark.parametrize("fmt", QUANTIZED)
 def test_quantized_graphs_on_onnx_runtime(trt_quantized, tiny_dir, fmt):
     report = run_parity(trt_quantized(fmt), tiny_dir, end_to_end=False)
     assert report["passed"], report["failures"]
     manifest = Artifacts.open(trt_quantized(fmt)).manifest
-    assert manifest["precision"] == fmt and manifest["components"]["transformer_step"]["opset"] >= 19
+    assert manifest["precision"] == fmt.removesuffix("-attention")
+    assert manifest["components"]["transformer_step"]["opset"] >= 19
+
+
+def test_fp8_attention_is_in_the_pattern_tensorrt_fuses(trt_quantized, tiny_dir):
+    """Per block: both attention MatMuls read fp32 casts of FP8 Q/DQ (the probabilities' at
+    scale 1, q's and k's after the split softmax scale) and compute in fp32; nothing after the
+    second is quantized."""
+    graph = onnx.load(str(trt_quantized("fp8-attention") / "transformer" / "step.onnx")).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+
+    def dequantized(value):  # the DequantizeLinear behind an fp32 Cast, else None
+        cast = producer.get(value)
+        dq = producer.get(cast.input[0]) if cast is not None and cast.op_type == "Cast" else None
+        return dq if dq is not None and dq.op_type == "DequantizeLinear" else None
+
+    attention = [n for n in graph.node if n.op_type == "MatMul" and all(dequantized(i) for i in n.input)]
+    blocks = ModelDir.open(tiny_dir).transformer.num_layers
+    assert len(attention) == 2 * blocks
+    for first, second in zip(attention[::2], attention[1::2]):
+        q, k = (producer[dequantized(i).input[0]] for i in first.input)
+        assert producer[q.input[0]].op_type == producer[k.input[0]].op_type == "Mul"  # q, k times sqrt(scale)
+        probs_scale = constants[dequantized(second.input[0]).input[1]]
+        assert probs_scale.dtype == np.float16 and float(probs_scale) == 1.0
+        assert [r.op_type for r in readers[second.output[0]]] == ["Cast"]
+        assert all(r.op_type != "QuantizeLinear" for r in readers[readers[second.output[0]][0].output[0]])
 
 
 # Deliberately broken graphs: each a few nodes, each with one fault the checker must name.

@@ -3,7 +3,10 @@
 The reference pipeline runs the recipe's calibration prompts through the distilled grid and the
 40-step CFG path while hooks on every Linear of the transformer record, at every step (and in
 the prefix pass): each input channel's max |x|, the tensor's max |x|, and a fixed-size random
-sample of |x| for percentile calibration. Same recipe and model, same statistics.
+sample of |x| for percentile calibration. For FP8 attention, each block's attention records the
+max |x| of what its two matmuls read: q and k each times sqrt(1/sqrt(head_dim)) (the softmax
+scale split between them, as the exported graph does), and v. Same recipe and model, same
+statistics.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from qiedge.reference_model.transformer import Attention
 from qiedge.runtime.runner import open_runtime
 from qiedge.runtime.sampler import Request, generate
 from torch import nn
@@ -38,11 +42,14 @@ class LayerStats:
 class Calibration:
     layers: dict[str, LayerStats]
     settings: dict
+    attention: dict[str, list[float]] = field(default_factory=dict)  # module -> max |q s|, |k s|, |v|
 
     def digest(self) -> str:
         h = hashlib.sha256()
         for name in sorted(self.layers):
             h.update(name.encode() + self.layers[name].channel_absmax.astype(np.float32).tobytes())
+        for name in sorted(self.attention):
+            h.update(name.encode() + np.asarray(self.attention[name], np.float32).tobytes())
         return h.hexdigest()
 
 
@@ -77,11 +84,37 @@ def recording(transformer: nn.Module, seed: int) -> Iterator[dict[str, LayerStat
             h.remove()
 
 
+@contextmanager
+def recording_attention(transformer: nn.Module) -> Iterator[dict[str, list[float]]]:
+    """Max |x| of each attention's matmul operands, recorded while the context is open."""
+    found = {name: m for name, m in transformer.named_modules() if isinstance(m, Attention)}
+    stats = {name: [0.0, 0.0, 0.0] for name in found}
+
+    def wrap(module: Attention, seen: list[float]):
+        attend = module.attend
+
+        def recorded(q, k, v, mask):
+            root = q.shape[-1] ** -0.25
+            for i, x in enumerate((q * root, k * root, v)):
+                seen[i] = max(seen[i], float(x.detach().abs().max()))
+            return attend(q, k, v, mask)
+
+        return recorded
+
+    for name, module in found.items():
+        module.attend = wrap(module, stats[name])  # an instance attribute over the class's method
+    try:
+        yield stats
+    finally:
+        for module in found.values():
+            del module.attend
+
+
 def calibrate(model_path, recipe: Recipe, on_request=None) -> Calibration:
     """Run the calibration trajectories on the torch reference with recording hooks."""
     runtime = open_runtime(model=model_path, backend="torch")
     transformer = runtime.backend.reference("transformer")
-    with recording(transformer, recipe.calibration_set.seed) as layers:
+    with recording(transformer, recipe.calibration_set.seed) as layers, recording_attention(transformer) as attention:
         for request in calibration_requests(recipe):
             generate(request, runtime.facts, runtime.sessions)
             if on_request:
@@ -97,6 +130,7 @@ def calibrate(model_path, recipe: Recipe, on_request=None) -> Calibration:
             "cfg": c.cfg,
             "cfg_prompts": c.cfg_prompts,
         },
+        attention if recipe.attention == "fp8" else {},
     )
 
 

@@ -1,5 +1,6 @@
 """The fake-quant torch transformer: every quantized Linear becomes smooth -> Q/DQ -> matmul with
-the dequantized weight, the same arithmetic the Q/DQ ONNX graph does, for fast evaluation."""
+the dequantized weight, and every FP8 attention Q/DQ around both of its matmuls, the same
+arithmetic the Q/DQ ONNX graph does, for fast evaluation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from .calibrate import Calibration
 from .recipe import Recipe
-from .scales import LayerQuant, fake_quant, layer_quant
+from .scales import LayerQuant, attention_scales, fake_quant, layer_quant
 
 
 class QuantLinear(nn.Module):
@@ -38,6 +39,11 @@ def layer_quants(
     return {name: layer_quant(name, weights[f"{name}.weight"], calibration, recipe) for name in layers}
 
 
+def attention_quants(transformer: nn.Module, recipe: Recipe, calibration: Calibration) -> dict:
+    """The attention modules the recipe puts in FP8, each with its q, k, v scales (none without)."""
+    return attention_scales(calibration, recipe.quantized_attention(len(transformer.transformer_blocks)))
+
+
 def quantize_transformer(
     transformer: nn.Module, recipe: Recipe, calibration: Calibration, layers: list[str]
 ) -> nn.Module:
@@ -45,10 +51,34 @@ def quantize_transformer(
     return fake_quantized(transformer, layer_quants(transformer, recipe, calibration, layers), recipe.format)
 
 
-def fake_quantized(transformer: nn.Module, quants: dict[str, LayerQuant], fmt: str) -> nn.Module:
-    """A copy of the transformer with each layer of `quants` fake-quantized as planned."""
+def fake_quantized(
+    transformer: nn.Module, quants: dict[str, LayerQuant], fmt: str, attention: dict | None = None
+) -> nn.Module:
+    """A copy of the transformer with each layer of `quants` fake-quantized as planned, and each
+    attention module of `attention` (name -> FP8 scales of q, k, v) in FP8."""
     model = copy.deepcopy(transformer)
+    for name, scales in (attention or {}).items():
+        module = model.get_submodule(name)
+        module.attend = fp8_attend(module, scales)  # an instance attribute over the class's method
     return replace_linears(model, quants, lambda linear, q: QuantLinear(linear, q, fmt)).eval()
+
+
+def fp8_attend(module: nn.Module, scales: tuple[float, float, float]):
+    """`module.attend` as the FP8 attention graph computes it: q and k each times sqrt(1/sqrt(d)),
+    then q, k, v through FP8 Q/DQ into fp32 matmuls, the probabilities through FP8 at scale 1."""
+    q_scale, k_scale, v_scale = scales
+
+    def attend(q, k, v, mask):
+        root = q.shape[-1] ** -0.25
+        q, k = fake_quant(q * root, q_scale, "fp8").float(), fake_quant(k * root, k_scale, "fp8").float()
+        scores = q @ k.transpose(-1, -2)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = fake_quant(torch.softmax(scores, -1).nan_to_num(0.0), 1.0, "fp8")
+        out = (probs @ fake_quant(v, v_scale, "fp8").float()).to(v.dtype)
+        return module.to_out[0](out.transpose(1, 2).flatten(2))
+
+    return attend
 
 
 def replace_linears(model: nn.Module, quants: dict[str, LayerQuant], make) -> nn.Module:

@@ -13,6 +13,7 @@ HERE = Path(__file__).resolve().parent
 RECIPES = {
     "int8": HERE / "recipes" / "int8_smoothquant.json",
     "fp8": HERE / "recipes" / "fp8_e4m3.json",
+    "fp8-attention": HERE / "recipes" / "fp8_e4m3_attention.json",
     "int4": HERE / "recipes" / "int4_weight_only.json",
 }
 FORMATS = ("int8", "fp8", "int4")
@@ -47,6 +48,7 @@ class Recipe:
     group_size: int | None = None  # int4: 32, 64 or 128 input channels per scale
     calibration: str = "max"  # or "percentile:P"
     smoothquant_alpha: float | None = None
+    attention: str = "high"  # or fp8: Q, K, V and the probabilities in TensorRT's fused FP8 attention pattern
     keep_high_precision: tuple[str, ...] = ()
     calibration_set: CalibrationSet = field(default_factory=CalibrationSet)
     version: int = 1
@@ -59,6 +61,8 @@ class Recipe:
                 raise ValueError("int4 is weight-only, per-group with group_size 32, 64 or 128")
         elif self.weights not in ("per-channel", "per-tensor") or self.activations != "per-tensor":
             raise ValueError("int8/fp8 weights are per-channel or per-tensor; activations per-tensor")
+        if self.attention not in ("high", "fp8") or (self.attention == "fp8" and self.format != "fp8"):
+            raise ValueError(f"attention is high, or fp8 in an fp8 recipe; got {self.attention} in {self.format}")
         if self.calibration != "max" and not self.calibration.startswith("percentile:"):
             raise ValueError(f"calibration must be max or percentile:P, got {self.calibration!r}")
 
@@ -66,7 +70,7 @@ class Recipe:
     def load(cls, path_or_format: str) -> Recipe:
         path = RECIPES.get(path_or_format, Path(path_or_format))
         if not path.is_file():
-            raise ValueError(f"no recipe {path_or_format!r}: give int8, fp8 or a recipe JSON file")
+            raise ValueError(f"no recipe {path_or_format!r}: give {', '.join(RECIPES)} or a recipe JSON file")
         data = json.loads(path.read_text())
         data["keep_high_precision"] = tuple(data.get("keep_high_precision", ()))
         calib = data.get("calibration_set", {})
@@ -84,6 +88,12 @@ class Recipe:
         """The Linear layers this recipe quantizes: all but those matching a keep pattern."""
         patterns = [p.replace("{last}", str(num_blocks - 1)) for p in self.keep_high_precision]
         return [name for name in layers if not any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+    def quantized_attention(self, num_blocks: int) -> list[str]:
+        """The attention modules (`transformer_blocks.<i>.attn`) in FP8, by the same keep patterns."""
+        if self.attention != "fp8":
+            return []
+        return self.quantized_layers([f"transformer_blocks.{i}.attn" for i in range(num_blocks)], num_blocks)
 
     def keeping(self, extra: list[str]) -> Recipe:
         return replace(self, keep_high_precision=self.keep_high_precision + tuple(extra))

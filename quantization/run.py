@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 from qiedge.reference_model.model_dir import ModelDir
 from qiedge.runtime.evaluate import prompt_set
 from qiedge.runtime.hardware import detect
@@ -14,7 +15,8 @@ from qiedge.runtime.ort_int8 import EXACT_KERNELS
 
 from .accuracy import Evaluation, Judge
 from .calibrate import calibrate, linear_layers
-from .fake_quant import fake_quantized, layer_quants, quantize_transformer
+from .fake_quant import attention_quants, fake_quantized, layer_quants, quantize_transformer
+from .onnx_attention import AttentionQdq
 from .onnx_qdq import QdqPlan
 from .real_quant import on_device
 from .recipe import Recipe
@@ -33,9 +35,12 @@ ONNXRUNTIME_INT8 = {
 }
 
 
-def scales_digest(quants: dict) -> str:
-    """sha256 over every layer's smoothing, activation scale and weight scales."""
+def scales_digest(quants: dict, attention: dict | None = None) -> str:
+    """sha256 over every layer's smoothing, activation scale and weight scales, and the FP8
+    attention's scales."""
     h = hashlib.sha256()
+    for name in sorted(attention or {}):
+        h.update(name.encode() + np.asarray(attention[name], np.float64).tobytes())
     for name in sorted(quants):
         q = quants[name]
         h.update(name.encode() + q.weight_scale.tobytes() + str(q.act_scale).encode())  # act_scale None: weight-only
@@ -119,7 +124,8 @@ def quantize(
             sorted(set(recipe.quantized_layers(all_layers, model.transformer.num_layers)) - set(layers))
         )
     quants = layer_quants(judge.reference, recipe, calibration, layers)  # the fake-quant model's and the graph's
-    quantized = fake_quantized(judge.reference, quants, recipe.format)
+    attention = attention_quants(judge.reference, recipe, calibration) if calibration else {}
+    quantized = fake_quantized(judge.reference, quants, recipe.format, attention)
     images = judge.images(quantized)
     accuracy = {
         "per_step": judge.per_step(quantized),
@@ -133,9 +139,10 @@ def quantize(
         "format": recipe.format,
         "layers_quantized": layers,
         "layers_high_precision": [n for n in all_layers if n not in layers],
+        "attention_fp8": list(attention),
         "calibration": calibration.settings if calibration else None,
         "calibration_hash": calibration.digest() if calibration else None,
-        "scales_hash": scales_digest(quants),
+        "scales_hash": scales_digest(quants, attention),
         "accuracy": accuracy,
         **({"onnxruntime_int8": ONNXRUNTIME_INT8} if recipe.format == "int8" else {}),
     }
@@ -147,7 +154,7 @@ def quantize(
         target,
         model=model,
         components=components,
-        passes=[plan.as_pass(record)],
+        passes=[plan.as_pass(record), *([AttentionQdq(attention).as_pass()] if attention else [])],
         extra=extra,
         target_options=target_options,
     )

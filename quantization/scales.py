@@ -94,6 +94,11 @@ def _activation_quant(name: str, weight: torch.Tensor, calibration: Calibration 
     return LayerQuant(smooth=smooth, act_scale=max(act_max, 1e-8) / qmax, granularity=recipe.weights)
 
 
+def attention_scales(calibration: Calibration, modules: list[str]) -> dict[str, tuple[float, float, float]]:
+    """FP8 scales of q, k and v (as the attention's matmuls read them) for each of `modules`."""
+    return {name: tuple(max(m, 1e-8) / QMAX["fp8"] for m in calibration.attention[name]) for name in modules}
+
+
 def fake_quant(x: torch.Tensor, scale: float, fmt: str) -> torch.Tensor:
     """Quantize-dequantize as ONNX QuantizeLinear/DequantizeLinear do (round half to even, saturate)."""
     q = x.float() / scale

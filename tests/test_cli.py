@@ -192,6 +192,7 @@ def test_export_refuses_bad_requests(tiny, tmp_path):
         (["--target", "coreml", "--max-chunk-mb", "0"], "--max-chunk-mb must be positive"),
         (["--target", "coreml", "--device", "orin"], "the coreml target takes no --device"),
         (["--target", "tensorrt", "--device", "orin", "--precision", "fp8"], "Jetson Orin (Ampere) cannot run fp8"),
+        (["--target", "tensorrt", "--recipe", "fp8-attention"], "--recipe goes with --precision int8, fp8 or int4"),
         (["--target", "tensorrt", "--trt", "9.0"], "no TensorRT 9.0 operator table; known: 10.6, 10.8, 10.15, 11.0"),
         (
             ["--target", "coreml", "--sensitivity", "r.json"],

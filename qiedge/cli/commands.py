@@ -129,6 +129,8 @@ def cmd_export(args) -> None:
         raise ValueError(f"--precision {args.precision} exports for tensorrt; for onnx use `qiedge quantize`")
     if quantized and not args.model:
         raise ValueError(f"{args.precision} graphs are calibrated on real weights: pass --model DIR, not --preset")
+    if args.recipe and not quantized:
+        raise ValueError("--recipe goes with --precision int8, fp8 or int4")
     model = ModelDir.open(args.model) if args.model else None
     if quantized:
         manifest = _export_quantized(args, model, options)
@@ -182,9 +184,12 @@ def _export_quantized(args, model, options: dict) -> dict:
 
     log = (lambda message: None) if args.json else (lambda message: print(message, file=sys.stderr))
     components = args.components.split(",") if args.components else None
+    recipe = Recipe.load(args.recipe or args.precision)
+    if recipe.format != args.precision:
+        raise ValueError(f"recipe {recipe.name} is {recipe.format}, not {args.precision}")
     quantize(
         model.path,
-        Recipe.load(args.precision),
+        recipe,
         args.out,
         components=components,
         log=log,

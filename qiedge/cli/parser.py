@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     trt = p.add_argument_group("TensorRT (--target tensorrt)")
     trt.add_argument("--device", choices=DEVICES, help="the GPU the engines are for (default hopper)")
     trt.add_argument("--trt", help="the TensorRT version to check and build for (default: the device's)")
+    trt.add_argument(
+        "--recipe",
+        help="with --precision int8/fp8/int4: a recipe of that format instead of the shipped one "
+        "(fp8-attention: FP8 attention in the pattern TensorRT fuses, or a recipe JSON file)",
+    )
     trt.add_argument("--max-batch", type=int, help="the profiles' largest batch (default 1)")
     trt.add_argument("--static", action="store_true", default=None, help="min = opt = max shapes, for CUDA graphs")
     trt.add_argument("--build", action="store_true", default=None, help="build the engines here (needs tensorrt)")
