@@ -144,5 +144,5 @@ def plan(needs: dict[str, Need], memory: int, workspace: int) -> dict:
         verdict = "one after another: " + ", then ".join(needs)
     else:
         too_big = [phase for phase, size in per_phase.items() if size > usable]
-        verdict = f"does not fit: {', '.join(too_big)} alone needs more (a smaller precision or size)"
+        verdict = f"does not fit: {' and '.join(too_big)} alone {'need' if len(too_big) > 1 else 'needs'} more"
     return {"memory": memory, "usable": usable, "all_resident": total, "per_phase": per_phase, "verdict": verdict}
