@@ -20,6 +20,7 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.torch
 
 demo: $(VENV)/.torch
+	mkdir -p out
 	$(BIN)/qiedge generate "$(DEMO_PROMPT)" --width 256 --height 256 --out out/demo.png
 	@echo "demo image: $(CURDIR)/out/demo.png"
 

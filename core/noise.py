@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 BLOCK = 16
+# torch's CPU generator seeds its mt19937 with the low 32 bits of the seed, so a larger seed would
+# only repeat a smaller one: seeds are 0 to 2^32 - 1.
+SEEDS = 1 << 32
 
 
 def torch_randn(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -20,7 +23,9 @@ def torch_randn(shape: tuple[int, ...], seed: int) -> np.ndarray:
     if count < BLOCK:
         raise ValueError(f"torch draws tensors under {BLOCK} elements another way; got {count}")
     bits = np.random.MT19937(0)
-    bits._legacy_seeding(seed & 0xFFFFFFFF)  # torch's CPU mt19937 seeds with the low 32 bits
+    if not 0 <= seed < SEEDS:
+        raise ValueError(f"seed {seed} is outside 0-{SEEDS - 1}")
+    bits._legacy_seeding(seed)
 
     def uniform(n: int) -> np.ndarray:
         raw = bits.random_raw(n).astype(np.uint32) & np.uint32((1 << 24) - 1)

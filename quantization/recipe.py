@@ -35,7 +35,14 @@ class CalibrationSet:
         path = path if path.is_absolute() else HERE / path
         if not path.is_file():
             raise ValueError(f"calibration prompts file {path} does not exist")
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            reason = f"{e.reason} at byte {e.start}"
+            raise ValueError(f"calibration prompts file {path} is not UTF-8 text ({reason})") from None
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"calibration prompts file {path} holds no prompts (one per line)")
         return prompts[: self.count]
 
 

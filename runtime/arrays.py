@@ -18,6 +18,8 @@ class Arrays(Protocol):
 
     def get(self, value: Any) -> np.ndarray: ...  # the backend's array -> host
 
+    def finite(self, value: Any) -> bool: ...  # no NaN or Inf in it (computed where it lives)
+
 
 class HostArrays:
     def put(self, value: np.ndarray) -> np.ndarray:
@@ -25,6 +27,10 @@ class HostArrays:
 
     def get(self, value) -> np.ndarray:
         return np.asarray(value)
+
+    def finite(self, value) -> bool:
+        array = np.asarray(value)
+        return not np.issubdtype(array.dtype, np.inexact) or bool(np.isfinite(array).all())
 
 
 HOST = HostArrays()

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from qiedge.core.artifacts import ModelFacts
 from qiedge.core.layout import build_layout, transformer_feeds
-from qiedge.core.noise import torch_randn
+from qiedge.core.noise import SEEDS, torch_randn
 from qiedge.core.prompt import EncodedPrompt, strip_prompt
 from qiedge.core.scheduler import model_timesteps, sigma_schedule
 from qiedge.core.tokenizer import PromptTokenizer
@@ -30,6 +30,16 @@ from .arrays import HOST, Arrays
 from .backends import Session
 
 DEFAULT_STEPS = 40
+# Bounds checked before any work: more steps than the 1,000 training timesteps revisit the same
+# noise levels; a batch runs as one array, so its memory grows with it; a condition image is
+# resized to about `resolution` squared, like a generated one at most MAX_SIDE on a side.
+MAX_STEPS = 1000
+MAX_BATCH = 64
+MAX_INPUT_PIXELS = 8192 * 8192  # a condition image's size on disk, checked before it is decoded
+
+
+class NonFiniteError(ValueError):
+    """A component produced NaN or Inf: the image would be garbage, so nothing is written."""
 
 
 @dataclass
@@ -53,8 +63,25 @@ class Request:
                 )
         if not self.prompts:
             raise ValueError("need at least one prompt")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if len(self.prompts) > MAX_BATCH:
+            raise ValueError(f"batch {len(self.prompts)} is over {MAX_BATCH} images per run")
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be 1-{MAX_STEPS}, got {self.steps}")
+        if not 0 <= self.seed < SEEDS:
+            raise ValueError(
+                f"seed {self.seed} is outside 0-{SEEDS - 1} (the noise is torch's CPU generator's, "
+                "which reads 32 bits of the seed)"
+            )
+        if not math.isfinite(self.cfg) or self.cfg < 0:
+            raise ValueError(f"cfg must be a finite number >= 0, got {self.cfg}")
+        if self.images and not PIXELS_PER_SLOT <= self.resolution <= MAX_SIDE:
+            raise ValueError(f"resolution {self.resolution} must be {PIXELS_PER_SLOT}-{MAX_SIDE}")
+        for image in self.images:
+            if image.width * image.height > MAX_INPUT_PIXELS:
+                raise ValueError(
+                    f"condition image {getattr(image, 'filename', '') or ''} is {image.width}x{image.height}, "
+                    f"over {MAX_INPUT_PIXELS // 10**6} megapixels: downscale it first"
+                )
         if self.cfg > 1 and self.negative_prompt is None:
             raise ValueError('--cfg above 1 needs a negative prompt (use " " for an empty one)')
 
@@ -162,10 +189,17 @@ class Sessions(Mapping[str, Session]):
 
 
 def generate(
-    request: Request, facts: ModelFacts, sessions: Sessions, on_step: Callable[[int, int], None] | None = None
+    request: Request,
+    facts: ModelFacts,
+    sessions: Sessions,
+    on_step: Callable[[int, int], None] | None = None,
+    check_finite: bool = True,
 ) -> np.ndarray:
-    """Images [B, H, W, 4] float32 in [0, 1]."""
+    """Images [B, H, W, 4] float32 in [0, 1]. With `check_finite`, every component's outputs are
+    checked for NaN / Inf as they come (one reduction each), and the first fault stops the run."""
     request.validate()
+    checked = _Checked(sessions, check_finite)
+    sessions = checked.sessions
     batch = len(request.prompts)
     h, w = request.height // PIXELS_PER_TOKEN, request.width // PIXELS_PER_TOKEN
     conditions = [resize_condition(img, request.resolution) for img in request.images]
@@ -185,6 +219,7 @@ def generate(
     step = sessions["transformer_step"]
     for i, t in enumerate(model_timesteps(sigmas)):
         timestep = put(np.full(batch, t, dtype=np.float32))
+        checked.step = i + 1
         velocity = [step.run({"latents": latents, "timestep": timestep, **branch})["velocity"] for branch in branches]
         v = velocity[0] if len(velocity) == 1 else velocity[1] + cfg * (velocity[0] - velocity[1])
         latents = latents + float(sigmas[i + 1] - sigmas[i]) * v
@@ -192,6 +227,49 @@ def generate(
             on_step(i + 1, len(sigmas) - 1)
     image = sessions["vae_decoder"].run({"latents": unpack(latents, h, w)})["image"]
     return sessions.arrays.get((image / 2 + 0.5).clip(0, 1)).transpose(0, 2, 3, 1)
+
+
+class _Checked:
+    """Sessions whose outputs are checked for NaN / Inf; a fault names the component and step."""
+
+    def __init__(self, sessions: Sessions, enabled: bool):
+        self.step = 0
+        if not enabled:
+            self.sessions = sessions
+            return
+        self.arrays = sessions.arrays
+
+        def load(component: str) -> Session:
+            return _CheckedSession(self, component, sessions[component])
+
+        self.sessions = Sessions(self._encode(sessions.encode), load, {}, sessions.arrays)
+
+    def check(self, component: str, name: str, value) -> None:
+        if not self.arrays.finite(value):
+            when = f" at step {self.step}" if self.step and component == "transformer_step" else ""
+            raise NonFiniteError(
+                f"{component} produced NaN or Inf in {name}{when}: check the weights and inputs "
+                "(--no-check-finite runs on regardless)"
+            )
+
+    def _encode(self, encode):
+        def checked(prompts, images):
+            encoded = encode(prompts, images)
+            self.check("condition_encoder", "hidden_states", encoded.embeds)
+            return encoded
+
+        return checked
+
+
+class _CheckedSession:
+    def __init__(self, checked: _Checked, component: str, session: Session):
+        self.checked, self.component, self.session = checked, component, session
+
+    def run(self, feeds: dict) -> dict:
+        outputs = self.session.run(feeds)
+        for name, value in outputs.items():
+            self.checked.check(self.component, name, value)
+        return outputs
 
 
 def _encode_images(sessions: Sessions, images: list[Image.Image], batch: int, channels: int) -> np.ndarray:

@@ -102,7 +102,7 @@ def test_generate_is_deterministic_and_edits(tiny, tmp_path):
     [
         (["--width", "100"], "width 100 must be a multiple of 32"),
         (["--height", "4096"], "height 4096 must be a multiple of 32 between 32 and 2048"),
-        (["--steps", "0"], "steps must be >= 1"),
+        (["--steps", "0"], "steps must be 1-1000, got 0"),
         (["--precision", "fp8"], "the torch backend takes no --precision; cuda does"),
         (["--backend", "cuda"], "the cuda backend needs an NVIDIA GPU"),
     ],

@@ -56,7 +56,7 @@ def cmd_generate(args) -> None:
     from PIL import Image
 
     from qiedge.core.units import PIXELS_PER_TOKEN
-    from qiedge.runtime.images import save_png
+    from qiedge.runtime.images import check_output, save_png
     from qiedge.runtime.progress import step_progress
     from qiedge.runtime.runner import open_runtime
     from qiedge.runtime.sampler import Request, generate, schedule_for, to_uint8
@@ -73,6 +73,7 @@ def cmd_generate(args) -> None:
         resolution=args.resolution,
     )
     request.validate()
+    check_output(Path(args.out), args.batch)
     model = args.model or (None if args.artifacts else default_model_dir())
     start = time.perf_counter()
     runtime = open_runtime(
@@ -86,7 +87,9 @@ def cmd_generate(args) -> None:
     )
     _announce(args, runtime)
     with step_progress("denoising", quiet=args.json) as on_step:
-        images = to_uint8(generate(request, runtime.facts, runtime.sessions, on_step=on_step))
+        images = to_uint8(
+            generate(request, runtime.facts, runtime.sessions, on_step=on_step, check_finite=not args.no_check_finite)
+        )
     seconds = time.perf_counter() - start
     tokens = (args.width // PIXELS_PER_TOKEN) * (args.height // PIXELS_PER_TOKEN)
     metadata = {

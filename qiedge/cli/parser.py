@@ -52,9 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--resolution", type=int, default=1024, help="condition images are resized to about this^2 px")
-    p.add_argument("--steps", type=int, help="default: the model's distilled grid, else 40")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=1, help="images per prompt")
+    p.add_argument("--steps", type=int, help="1-1000; default: the model's distilled grid, else 40")
+    p.add_argument(
+        "--seed", type=int, default=0, help="0 to 2^32-1: the noise of torch's CPU generator, as diffusers draws it"
+    )
+    p.add_argument("--batch", type=int, default=1, help="images per prompt (at most 64)")
+    p.add_argument(
+        "--no-check-finite",
+        action="store_true",
+        help="do not stop when a component outputs NaN or Inf (checked by default, one reduction per output)",
+    )
     p.add_argument("--cfg", type=float, default=1.0, help="guidance scale; > 1 needs --negative-prompt")
     p.add_argument("--negative-prompt")
     p.add_argument("--out", default="qiedge.png")

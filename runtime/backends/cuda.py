@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..arrays import HOST
 from . import Session
 
 PRECISIONS = ("bf16", "fp8", "int8")
@@ -43,6 +44,13 @@ class DeviceArrays:
 
     def get(self, value) -> np.ndarray:
         return value.float().cpu().numpy() if hasattr(value, "cpu") else np.asarray(value)
+
+    def finite(self, value) -> bool:
+        import torch
+
+        if not isinstance(value, torch.Tensor):
+            return HOST.finite(value)
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
 
 
 class DeviceSession:
