@@ -1,11 +1,15 @@
 """An artifacts directory: `manifest.json` plus one folder per exported component.
 
 Reading it needs no torch. Every file a component uses is checked against the sha256 the
-manifest records before that component is loaded; a mismatch is refused, naming the file.
+manifest records before that component is loaded, the tokenizer too; a mismatch is refused,
+naming the file. A manifest is untrusted input: every path it names must stay inside the
+directory (no absolute paths, no `..`, no link pointing out), and a component's graph must be
+one of its hashed files (or the package holding them).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -55,7 +59,12 @@ class Artifacts:
         path = Path(path)
         if not (path / MANIFEST).is_file():
             raise ArtifactError(f"{path} is not an artifacts directory: no {MANIFEST}")
-        manifest = json.loads((path / MANIFEST).read_text())
+        try:
+            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ArtifactError(f"{path / MANIFEST} is not valid JSON ({e})") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("components"), dict):
+            raise ArtifactError(f"{path / MANIFEST} is not a qiedge manifest (no components)")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(
                 f"{path / MANIFEST} has format version {manifest.get('format_version')}; "
@@ -63,7 +72,7 @@ class Artifacts:
             )
         return cls(path, manifest)
 
-    @property
+    @functools.cached_property
     def facts(self) -> ModelFacts:
         model = self.manifest["model"]
         sigmas = model["sample_sigmas"]
@@ -72,8 +81,38 @@ class Artifacts:
             model["latent_channels"],
             SchedulerConfig(**model["scheduler"]),
             tuple(sigmas) if sigmas else None,
-            self.path / model["tokenizer"],
+            self._checked(model["tokenizer"], model.get("tokenizer_sha256"), "the tokenizer"),
         )
+
+    def inside(self, relative: str) -> Path:
+        """A path the manifest names, refused unless it stays inside the artifacts directory."""
+        name = Path(relative)
+        if name.is_absolute() or ".." in name.parts or not (self.path / name).resolve().is_relative_to(self.root):
+            raise ArtifactError(f"{self.path / MANIFEST} names {relative!r}, outside the artifacts directory")
+        return self.path / name
+
+    def graph(self, component: str, relative: str) -> Path:
+        """A graph the manifest names for `component`: one of its hashed files, or the package
+        (folder) holding some of them."""
+        files = self.component(component)["files"]
+        if relative not in files and not any(f.startswith(relative.rstrip("/") + "/") for f in files):
+            raise ArtifactError(f"{component}: its graph {relative!r} is not among its hashed files in {MANIFEST}")
+        return self.inside(relative)
+
+    @functools.cached_property
+    def root(self) -> Path:
+        return self.path.resolve()
+
+    def _checked(self, relative: str, expected: str | None, what: str) -> Path:
+        file = self.inside(relative)
+        if not file.is_file():
+            raise ArtifactError(f"{what}: {relative} is missing from {self.path}")
+        if expected is None or sha256_file(file) != expected:
+            raise ArtifactError(
+                f"{what}: {relative} does not match the sha256 in {MANIFEST} (or has none); "
+                "the artifact was modified or corrupted, refusing to load it"
+            )
+        return file
 
     @property
     def components(self) -> dict[str, dict]:
@@ -88,15 +127,8 @@ class Artifacts:
         """Check every file of a component against its recorded sha256; returns the graph's path."""
         entry = self.component(name)
         for relative, expected in entry["files"].items():
-            file = self.path / relative
-            if not file.is_file():
-                raise ArtifactError(f"{name}: {relative} is missing from {self.path}")
-            if sha256_file(file) != expected:
-                raise ArtifactError(
-                    f"{name}: {relative} does not match the sha256 in {MANIFEST}; "
-                    f"the artifact was modified or corrupted, refusing to load it"
-                )
-        return self.path / entry["graph"]
+            self._checked(relative, expected, name)
+        return self.graph(name, entry["graph"])
 
 
 def update_manifest(path: Path, update) -> dict:

@@ -160,6 +160,7 @@ def _manifest(
             if model is not None and model.sample_sigmas
             else (list(preset.sample_sigmas) if preset is not None and preset.sample_sigmas else None),
             "tokenizer": TOKENIZER,
+            "tokenizer_sha256": sha256_file(root / TOKENIZER),
         },
         "tools": _tool_versions(target.tools),
         **target.manifest(),

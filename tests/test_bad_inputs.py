@@ -4,6 +4,9 @@ decides, and nothing written; a numerical fault stops the run naming the compone
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -82,7 +85,7 @@ def test_condition_images_refused_before_decoding(tmp_path, huge_image):
 
 def test_nan_weight_stops_the_run_naming_the_component(tiny, tmp_path):
     broken = tmp_path / "broken"
-    subprocess.run(["cp", "-r", str(tiny), str(broken)], check=True)
+    shutil.copytree(tiny, broken)
     weights = next((broken / "transformer").glob("*.safetensors"))
     tensors = load_file(weights)
     tensors["proj_out.weight"][0, 0] = np.nan  # only the step's output reads it
@@ -119,3 +122,91 @@ def test_concurrent_writers_of_one_path_each_publish_a_whole_image(tmp_path):
         pixels, n = np.asarray(image), int(image.text["qiedge:n"])
     assert (pixels == n).all()  # one writer's image, whole, with its own metadata
     assert [p.name for p in tmp_path.iterdir()] == ["img.png"]  # no temp file left
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("art") / "art"
+    result = qiedge("export", "--preset", "tiny", "--out", str(out), "--components", ONNX_COMPONENTS)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+ONNX_COMPONENTS = "condition_encoder,transformer_prefix,transformer_step,vae_decoder"
+
+
+def _tampered(artifacts: Path, tmp_path: Path, change) -> Path:
+    """A copy of the artifacts with `change(copy, manifest)` applied and the manifest rewritten."""
+    copy = tmp_path / "art"
+    shutil.copytree(artifacts, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    change(copy, manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def _rehash(copy: Path, manifest: dict, component: str, relative: str) -> None:
+    manifest["components"][component]["files"][relative] = hashlib.sha256((copy / relative).read_bytes()).hexdigest()
+
+
+def _graph_outside(copy, manifest):
+    outside = copy.parent / "evil.onnx"
+    shutil.copy(copy / "transformer" / "step.onnx", outside)
+    manifest["components"]["transformer_step"]["graph"] = "../evil.onnx"
+
+
+def _file_outside(copy, manifest):
+    (copy.parent / "x").write_text("x")
+    manifest["components"]["transformer_step"]["files"]["../x"] = hashlib.sha256(b"x").hexdigest()
+
+
+def _absolute_file(copy, manifest):
+    manifest["components"]["vae_decoder"]["files"]["/etc/hostname"] = "0" * 64
+
+
+def _linked_out(copy, manifest):
+    outside = copy.parent / "tokenizer.json"
+    shutil.move(copy / "tokenizer" / "tokenizer.json", outside)
+    (copy / "tokenizer" / "tokenizer.json").symlink_to(outside)
+
+
+def _tokenizer_edited(copy, manifest):
+    path = copy / "tokenizer" / "tokenizer.json"
+    path.write_text(path.read_text().replace('"a"', '"b"', 1))
+
+
+def _graph_swapped(copy, manifest):
+    """The prefix graph where the step's should be, its hash rewritten to match."""
+    shutil.copy(copy / "transformer" / "prefix.onnx", copy / "transformer" / "step.onnx")
+    _rehash(copy, manifest, "transformer_step", "transformer/step.onnx")
+
+
+def _not_json(copy, manifest):
+    manifest.clear()
+    manifest["components"] = "{"
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (_graph_outside, "its graph '../evil.onnx' is not among its hashed files"),
+        (_file_outside, "names '../x', outside the artifacts directory"),
+        (_absolute_file, "names '/etc/hostname', outside the artifacts directory"),
+        (_linked_out, "names 'tokenizer/tokenizer.json', outside the artifacts directory"),
+        (_tokenizer_edited, "the tokenizer: tokenizer/tokenizer.json does not match the sha256"),
+        (_graph_swapped, "transformer_step: the graph's inputs"),
+        (_not_json, "is not a qiedge manifest"),
+    ],
+)
+def test_tampered_manifests_are_refused(artifacts, tmp_path, change, needle):
+    copy = _tampered(artifacts, tmp_path, change)
+    out = tmp_path / "img.png"
+    refused(qiedge("generate", "a red circle", "--artifacts", str(copy), "--out", str(out)), needle)
+    assert not out.exists()
+
+
+def test_a_manifest_that_is_not_json_is_refused(artifacts, tmp_path):
+    copy = tmp_path / "art"
+    shutil.copytree(artifacts, copy)
+    (copy / "manifest.json").write_bytes(b'{"format_version": 1, \xff')
+    refused(qiedge("generate", "a", "--artifacts", str(copy), "--out", str(tmp_path / "x.png")), "is not valid JSON")

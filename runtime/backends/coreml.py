@@ -38,7 +38,7 @@ class CoreMLBackend:
         if "chunks" not in entry:
             return self._session(component, path, entry, entry)
         sessions = [
-            (self._session(component, self.artifacts.path / chunk["graph"], chunk, entry), chunk)
+            (self._session(component, self.artifacts.graph(component, chunk["graph"]), chunk, entry), chunk)
             for chunk in entry["chunks"]
         ]
         return ChainedSession(sessions, [t["name"] for t in entry["outputs"]])

@@ -4,7 +4,7 @@ manifest's hashes before they load; int8 graphs on kernels that are exact on thi
 from __future__ import annotations
 
 import numpy as np
-from qiedge.core.artifacts import Artifacts
+from qiedge.core.artifacts import ArtifactError, Artifacts
 
 from .. import ort_int8
 from ..arrays import HOST
@@ -46,7 +46,9 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3
         for key, value in ort_int8.session_config(self.artifacts.component(component)["precision"]).items():
             options.add_session_config_entry(key, value)
-        return OnnxRuntimeSession(ort.InferenceSession(str(path), options, providers=self.providers))
+        session = ort.InferenceSession(str(path), options, providers=self.providers)
+        _check_interface(component, session, self.artifacts.component(component))
+        return OnnxRuntimeSession(session)
 
     def prompt_encoder(self, facts):
         """The exported text path behind the tokenizer: text prompts only (no vision tower yet)."""
@@ -55,6 +57,15 @@ class OnnxRuntimeBackend:
         from ..sampler import GraphPromptEncoder
 
         return GraphPromptEncoder(PromptTokenizer(facts.tokenizer_json), self.load("condition_encoder"))
+
+
+def _check_interface(component: str, session, entry: dict) -> None:
+    """The graph takes and gives what the manifest declares (a graph swapped for another with the
+    hashes rewritten still fails here, before it draws anything)."""
+    for kind, found in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        declared, actual = [t["name"] for t in entry[kind]], [v.name for v in found]
+        if sorted(declared) != sorted(actual):
+            raise ArtifactError(f"{component}: the graph's {kind} {actual} are not the manifest's {declared}")
 
 
 def open(name: str, model, artifacts: Artifacts, threads: int | None) -> OnnxRuntimeBackend:

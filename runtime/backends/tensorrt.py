@@ -164,7 +164,7 @@ class TensorRTBackend:
     def _engine_path(self, component: str, entry: dict) -> Path:
         record = entry.get("engine")
         if record is None:
-            path = (self.artifacts.path / entry["graph"]).with_suffix(".plan")
+            path = self.artifacts.inside(str(Path(entry["graph"]).with_suffix(".plan")))
             if not path.is_file():
                 raise ValueError(
                     f"{component}: no engine at {path}: run {self.artifacts.path}/build_engines.sh on this GPU "
@@ -181,8 +181,8 @@ class TensorRTBackend:
                     f"({record['compute_capability']}); this is TensorRT {here['tensorrt']} on {here['gpu']} "
                     f"({here['compute_capability']}): rebuild with {self.artifacts.path}/build_engines.sh"
                 )
-        self.artifacts.verify(component)  # the engine is among the component's hashed files
-        return self.artifacts.path / record["file"]
+        self.artifacts.verify(component)
+        return self.artifacts.graph(component, record["file"])  # the engine is among the hashed files
 
     def prompt_encoder(self, facts):
         """The exported text path behind the tokenizer: text prompts only (no vision tower yet)."""
