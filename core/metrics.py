@@ -13,6 +13,7 @@ class Comparison:
     max_abs: float
     cosine: float
     psnr_db: float  # against the reference's own peak |value|, for tensors that are not images
+    non_finite: int  # NaN / Inf values in `actual`: any is a failure, whatever the other figures say
 
     @classmethod
     def of(cls, actual: np.ndarray, expected: np.ndarray) -> Comparison:
@@ -20,11 +21,17 @@ class Comparison:
         if a.shape != e.shape:
             raise ValueError(f"shape {actual.shape} vs reference {expected.shape}")
         norm = np.linalg.norm(e)
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN / Inf in `actual` are counted instead
+            return cls._figures(a, e, norm)
+
+    @classmethod
+    def _figures(cls, a: np.ndarray, e: np.ndarray, norm: float) -> Comparison:
         return cls(
             rel_l2=float(np.linalg.norm(a - e) / norm) if norm else float(np.linalg.norm(a)),
             max_abs=float(np.abs(a - e).max(initial=0.0)),
             cosine=float(a @ e / (np.linalg.norm(a) * norm)) if norm and np.linalg.norm(a) else 1.0,
             psnr_db=psnr(a, e, peak=float(np.abs(e).max(initial=0.0))) if a.size else float("inf"),
+            non_finite=int(a.size - np.isfinite(a).sum()),
         )
 
 

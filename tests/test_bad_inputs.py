@@ -210,3 +210,24 @@ def test_a_manifest_that_is_not_json_is_refused(artifacts, tmp_path):
     shutil.copytree(artifacts, copy)
     (copy / "manifest.json").write_bytes(b'{"format_version": 1, \xff')
     refused(qiedge("generate", "a", "--artifacts", str(copy), "--out", str(tmp_path / "x.png")), "is not valid JSON")
+
+
+class _Fixed:
+    def __init__(self, value):
+        self.value = value
+
+    def run(self, feeds):
+        return {"y": self.value}
+
+
+def test_parity_counts_nan_and_inf_as_failures():
+    """Whatever a bound would make of them (a NaN compares false both ways), NaN / Inf fail."""
+    from qiedge.parity.checks import compare_component
+
+    expected = np.ones((2, 3), np.float32)
+    for broken, count in ((np.where(np.eye(2, 3) > 0, np.nan, 1.0), 2), (np.full((2, 3), np.inf), 6)):
+        for bound in (("rel_l2", 1e-5), ("psnr_db", 35.0)):
+            report = compare_component("x", _Fixed(broken), _Fixed(expected), [("case", {})], bound)
+            assert not report["passed"] and report["failures"] == [f"case y: {count} NaN / Inf values"]
+    clean = compare_component("x", _Fixed(expected), _Fixed(expected), [("case", {})], ("rel_l2", 1e-5))
+    assert clean["passed"] and clean["cases"][0]["outputs"]["y"]["non_finite"] == 0
