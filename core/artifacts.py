@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qiedge.core.files import sha256_file
@@ -53,6 +53,9 @@ class ModelFacts:
 class Artifacts:
     path: Path
     manifest: dict
+    # Files already checked against their sha256: the transformer's prefix and step graphs share
+    # one weights file, hashed once however many components read it.
+    verified: set[tuple[str, str]] = field(default_factory=set, repr=False, compare=False)  # (file, sha256)
 
     @classmethod
     def open(cls, path: str | Path) -> Artifacts:
@@ -105,6 +108,8 @@ class Artifacts:
 
     def _checked(self, relative: str, expected: str | None, what: str) -> Path:
         file = self.inside(relative)
+        if (relative, expected) in self.verified:
+            return file
         if not file.is_file():
             raise ArtifactError(f"{what}: {relative} is missing from {self.path}")
         if expected is None or sha256_file(file) != expected:
@@ -112,6 +117,7 @@ class Artifacts:
                 f"{what}: {relative} does not match the sha256 in {MANIFEST} (or has none); "
                 "the artifact was modified or corrupted, refusing to load it"
             )
+        self.verified.add((relative, expected))
         return file
 
     @property

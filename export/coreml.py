@@ -80,15 +80,6 @@ class CoreMLOptions:
         return coreml_attention.layout_for(self.compute_units)
 
 
-def _dropped(job: GraphJob) -> int:
-    """The chat template's system-turn tokens, from the artifacts' own tokenizer: the encoder
-    reads them, the transformer does not, so a prompt bucket of n tokens feeds the encoder n + this."""
-    from qiedge.core.artifacts import TOKENIZER
-    from qiedge.core.tokenizer import PromptTokenizer
-
-    return PromptTokenizer(job.folder.parent / TOKENIZER).drop
-
-
 @dataclass(frozen=True)
 class Unit:
     """One graph the target converts: a component, or one chunk of it, into one package."""
@@ -150,7 +141,7 @@ class CoreMLTarget:
         mode, sensitive, dropped = (
             coreml_compress.mode_for(o.compress, job.spec.weights),
             self._sensitive(job),
-            _dropped(job),
+            job.dropped_tokens,
         )
         job.graph = self._units(job)
         for unit in job.graph:

@@ -40,6 +40,15 @@ class GraphJob:
     graph: Any = None  # the target's program or model while it is built
     path: Path | None = None  # the saved file
 
+    @property
+    def dropped_tokens(self) -> int:
+        """The chat template's system-turn tokens, from the artifacts' own tokenizer: the encoder
+        reads them, the transformer does not, so a prompt of n tokens feeds the encoder n + this."""
+        from qiedge.core.artifacts import TOKENIZER
+        from qiedge.core.tokenizer import PromptTokenizer
+
+        return PromptTokenizer(self.folder.parent / TOKENIZER).drop
+
     def weight_transform(self, key: str):
         """The first hook's replacement for this key, if any hook has one."""
         return next((replace for hook in self.weight_hooks if (replace := hook(key)) is not None), None)

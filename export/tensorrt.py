@@ -82,13 +82,6 @@ class TensorRTOptions:
         )
 
 
-def _dropped(job: GraphJob) -> int:
-    from qiedge.core.artifacts import TOKENIZER
-    from qiedge.core.tokenizer import PromptTokenizer
-
-    return PromptTokenizer(job.folder.parent / TOKENIZER).drop
-
-
 class TensorRTTarget:
     name = "tensorrt"
     tools = ("torch", "onnx", "onnxscript", "transformers")
@@ -114,7 +107,7 @@ class TensorRTTarget:
 
     def _profile(self, job: GraphJob) -> None:
         job.shared.setdefault("profiles", {})[job.spec.name] = profile(
-            job.spec, job.configs, self.options.ranges.dims(_dropped(job))
+            job.spec, job.configs, self.options.ranges.dims(job.dropped_tokens)
         )
 
     def _check_tensorrt(self, job: GraphJob) -> None:

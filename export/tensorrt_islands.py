@@ -35,7 +35,7 @@ def fp32_islands(model, ops=ISLAND_OPS) -> int:
                 node.replace_input_with(index, _widened(graph, node, value, widened))
         for out in node.outputs:
             if out.dtype in low:
-                _narrowed(graph, node, out)
+                narrowed(graph, node, out)
         moved += 1
     RemoveUnusedNodesPass()(model)
     return moved
@@ -56,7 +56,7 @@ def _widened(graph, before, value, cache: dict):
     return cache[value]
 
 
-def _narrowed(graph, node, out) -> None:
+def narrowed(graph, node, out) -> None:
     """Make `node` produce fp32 in `out` and give its readers a cast back to the old type."""
     import onnx_ir as ir
 

@@ -105,9 +105,9 @@ def needs(artifacts) -> dict[str, Need]:
         present = [c for c in components if c in artifacts.components]
         if not present:
             continue
-        files = {f for c in present for f in artifacts.component(c)["files"] if not f.endswith(".onnx")}
-        weights = sum((artifacts.path / f).stat().st_size for f in files)
         peaks = [activation_peak(artifacts.verify(c), _max_shapes(artifacts.component(c))) for c in present]
+        files = {f for c in present for f in artifacts.component(c)["files"] if not f.endswith(".onnx")}
+        weights = sum(artifacts.inside(f).stat().st_size for f in files)
         result[phase] = Need(weights, max(p for p, _ in peaks), sum(u for _, u in peaks))
     return result
 

@@ -203,6 +203,16 @@ def _const(name, dtype, values):
     return helper.make_tensor(name, dtype, array.shape, array.ravel().tolist())
 
 
+def _round_trip(scale, zero, output=TensorProto.FLOAT16, axis: int | None = None):
+    """x [4, 8] fp16 through QuantizeLinear and DequantizeLinear with these constants."""
+    attributes = {} if axis is None else {"axis": axis}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], **attributes),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **attributes),
+    ]
+    return _model(nodes, [_tensor("x", TensorProto.FLOAT16, [4, 8])], [_tensor("y", output, [4, 8])], [scale, zero])
+
+
 def _broken() -> dict:
     f16, f32 = TensorProto.FLOAT16, TensorProto.FLOAT
     x16 = _tensor("x", f16, [4, 8])
@@ -221,27 +231,11 @@ def _broken() -> dict:
             "input a is BOOL; Equal takes",
         ),
         "per-channel activation scale": (
-            _model(
-                [
-                    helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1),
-                    helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1),
-                ],
-                [x16],
-                [y16],
-                [_const("s", f16, [0.1] * 8), _const("z", TensorProto.INT8, [0] * 8)],
-            ),
+            _round_trip(_const("s", f16, [0.1] * 8), _const("z", TensorProto.INT8, [0] * 8), axis=1),
             "activations are quantized per tensor; this scale has 8 values",
         ),
         "fp32 scale on fp16": (
-            _model(
-                [
-                    helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-                    helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
-                ],
-                [x16],
-                [_tensor("y", f32, [4, 8])],
-                [_const("s", f32, 0.1), _const("z", TensorProto.INT8, 0)],
-            ),
+            _round_trip(_const("s", f32, 0.1), _const("z", TensorProto.INT8, 0), output=f32),
             "a FP32 scale on a FP16 tensor",
         ),
         "non-constant Unsqueeze axes": (
@@ -269,15 +263,7 @@ def _broken() -> dict:
             "per-channel scales go on the output-channel axis 1, not 0",
         ),
         "nonzero zero point": (
-            _model(
-                [
-                    helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-                    helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
-                ],
-                [x16],
-                [y16],
-                [_const("s", f16, 0.1), _const("z", TensorProto.INT8, 3)],
-            ),
+            _round_trip(_const("s", f16, 0.1), _const("z", TensorProto.INT8, 3)),
             "the zero point must be a constant zero",
         ),
     }

@@ -22,6 +22,7 @@ import re
 
 import numpy as np
 from qiedge.export.stages import Pass
+from qiedge.export.tensorrt_islands import narrowed
 
 from .onnx_qdq import _constant, _is_transformer, _zero_point
 
@@ -60,9 +61,9 @@ def fp8_attention(model, scales: dict[str, tuple[float, float, float]], float_dt
         first.replace_input_with(1, fp8(first.inputs[1], "k", k_scale, first))
         second.replace_input_with(0, fp8(second.inputs[0], "probs", 1.0, second))
         second.replace_input_with(1, fp8(second.inputs[1], "v", v_scale, second))
-        if float_dtype != np.float32:
-            _fp32_output(model.graph, first)
-            _fp32_output(model.graph, second)
+        if float_dtype != np.float32:  # both MatMuls now compute in fp32: cast back for their readers
+            narrowed(model.graph, first, first.outputs[0])
+            narrowed(model.graph, second, second.outputs[0])
         done += 1
     if planned and not done:
         raise ValueError("no attention of the planned blocks in this graph")
@@ -128,18 +129,3 @@ def _fp8(graph, name: str, float_dtype, value, label: str, scale: float, before)
         nodes[-1].outputs[0].dtype, nodes[-1].outputs[0].shape = ir.DataType.FLOAT, value.shape
     graph.insert_before(before, nodes)
     return nodes[-1].outputs[0]
-
-
-def _fp32_output(graph, matmul) -> None:
-    """The MatMul now computes in fp32: cast its output back for its readers."""
-    import onnx_ir as ir
-
-    out = matmul.outputs[0]
-    dtype = out.dtype
-    cast = ir.node("Cast", [out], attributes={"to": dtype})
-    cast.outputs[0].dtype, cast.outputs[0].shape = dtype, out.shape
-    graph.insert_after(matmul, [cast])
-    for use in list(out.uses()):
-        if use.node is not cast:
-            use.node.replace_input_with(use.idx, cast.outputs[0])
-    out.dtype = ir.DataType.FLOAT
