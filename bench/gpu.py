@@ -185,14 +185,16 @@ def seven_b(args, device) -> tuple[list[list], list[list]]:
     sizes = [int(s) for s in args.sizes.split(",")]
     step_rows, image_rows = [], []
     encoder = text_encoder(preset, device, torch.bfloat16)
-    vocab = preset.encoder.text_config["vocab_size"]
+    vocab, width = preset.encoder.text_config["vocab_size"], preset.encoder.text_config["hidden_size"]
+    deepstack = len(preset.encoder.vision_config["deepstack_visual_indexes"])
 
     def encode(prompts, images):
         ids = torch.randint(vocab, (1, args.text), device=device)
         mask = torch.ones_like(ids)
         positions = torch.arange(args.text, device=device).expand(3, 1, -1)
+        no_images = torch.zeros(deepstack + 1, 1, width, dtype=torch.bfloat16, device=device)  # the zero rows
         with torch.no_grad():
-            hidden = encoder(ids, mask, positions)
+            hidden = encoder(ids, mask, positions, no_images[0], no_images[1:], torch.zeros_like(ids))
         embeds = hidden.float().cpu().numpy()
         return EncodedPrompt(embeds, np.ones(embeds.shape[:2], bool), np.zeros(args.text, bool))
 
@@ -239,9 +241,18 @@ def image_seconds(sessions, facts, sizes: list[int], device, runs: int) -> list[
 
 def _facts(preset, scheduler):
     from qiedge.core.artifacts import ModelFacts
+    from qiedge.core.vision import VisionFacts
+    from qiedge.reference_model.model_dir import image_processor_config
+    from qiedge.reference_model.presets import config_dict
 
+    vision = VisionFacts.from_configs(image_processor_config(), config_dict(preset.encoder))
     return ModelFacts(
-        preset.transformer.axes_dims_rope, preset.transformer.in_channels, scheduler, preset.sample_sigmas, Path()
+        preset.transformer.axes_dims_rope,
+        preset.transformer.in_channels,
+        scheduler,
+        preset.sample_sigmas,
+        Path(),
+        vision,
     )
 
 

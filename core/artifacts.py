@@ -17,10 +17,11 @@ from pathlib import Path
 
 from qiedge.core.files import sha256_file
 from qiedge.core.scheduler import SchedulerConfig
+from qiedge.core.vision import VisionFacts
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer/tokenizer.json"  # in every artifacts directory
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the condition encoder takes vision features, the manifest the image processor
 
 
 class ArtifactError(ValueError):
@@ -37,6 +38,7 @@ class ModelFacts:
     scheduler: SchedulerConfig
     sample_sigmas: tuple[float, ...] | None
     tokenizer_json: Path
+    vision: VisionFacts
 
     @classmethod
     def from_model_dir(cls, model) -> ModelFacts:
@@ -46,6 +48,7 @@ class ModelFacts:
             model.scheduler,
             model.sample_sigmas,
             model.path / "processor" / "tokenizer.json",
+            VisionFacts.from_model_dir(model.path, model.encoder_config),
         )
 
 
@@ -85,6 +88,7 @@ class Artifacts:
             SchedulerConfig(**model["scheduler"]),
             tuple(sigmas) if sigmas else None,
             self._checked(model["tokenizer"], model.get("tokenizer_sha256"), "the tokenizer"),
+            VisionFacts.from_dict(model["vision"]),
         )
 
     def inside(self, relative: str) -> Path:

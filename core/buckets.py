@@ -3,7 +3,7 @@
 A bucket fixes every symbolic dim of the graph contract (core/contract.py): an image size fixes
 the latent grid and the target tokens, a prompt length the encoder's tokens, the text and the
 prefix. Batch is one: a session runs a batch as that many calls. Condition images are not
-bucketed (editing needs the vision tower, which is not exported), so `cond` is zero.
+bucketed yet, so `cond` is zero and the encoder's image tables hold their zero row alone.
 
 Torch-free: export names the buckets, the manifest records them, and the runtime picks one.
 """
@@ -79,7 +79,7 @@ def functions(stem: str, dims_used: set[str], sizes, lengths, dropped: int) -> d
     result = {}
     for combo in itertools.product(*axes):
         name = "_".join([stem, *(label for label, _ in combo)])
-        dims = {"batch": 1, "cond": 0}
+        dims = {"batch": 1, "cond": 0, "image_rows": 1}
         for _, d in combo:
             dims.update({k: v for k, v in d.items() if k in dims_used or k in PROMPT_DIMS})
         if dims not in result.values():

@@ -23,6 +23,9 @@ DIMS = {
     "target": (4, 16384, 24),  # target image tokens, (H/16) * (W/16)
     "latent_height": (2, 128, 4),
     "latent_width": (2, 128, 6),
+    "vision": (1, 16384, 7),  # one condition image's vision tokens (2x2 patches each)
+    # Rows of the encoder's image table: a zero row for text tokens, then every image's tokens.
+    "image_rows": (1, 65537, 9),
 }
 
 
@@ -31,7 +34,7 @@ class TensorSpec:
     name: str
     dtype: str  # FLOAT, "float32", "int64" or "bool"
     shape: tuple[str | int, ...]  # dim names from DIMS (or "16*name"), or names a model fixes
-    # How a valid example is drawn for tracing: normal, ones, token_ids, positions, gather or segments.
+    # How a valid example is drawn for tracing: normal, ones, zeros, token_ids, positions, gather or segments.
     example: str = "normal"
 
 
@@ -78,8 +81,26 @@ CONTRACTS = {
             TensorSpec("input_ids", "int64", ("batch", "tokens"), example="token_ids"),
             TensorSpec("attention_mask", "int64", ("batch", "tokens"), example="ones"),
             TensorSpec("position_ids", "int64", (3, "batch", "tokens"), example="positions"),
+            # The vision tower's outputs for every condition image, after a zero row; image_index
+            # is each token's row (0 for text), so text-only prompts pass the zero row alone.
+            TensorSpec("image_embeds", FLOAT, ("image_rows", "context")),
+            TensorSpec("deepstack_embeds", FLOAT, ("deepstack", "image_rows", "context")),
+            TensorSpec("image_index", "int64", ("batch", "tokens"), example="zeros"),
         ),
         outputs=(TensorSpec("hidden_states", FLOAT, ("batch", "tokens", "context")),),
+    ),
+    "vision_encoder": Contract(
+        inputs=(
+            TensorSpec("pixel_values", FLOAT, ("4*vision", "patch_dim")),
+            TensorSpec("position_indices", "int64", ("4*vision", 4), example="token_ids"),
+            TensorSpec("position_weights", "float32", ("4*vision", 4)),
+            TensorSpec("rope_cos", "float32", ("4*vision", "vision_head_dim")),
+            TensorSpec("rope_sin", "float32", ("4*vision", "vision_head_dim")),
+        ),
+        outputs=(
+            TensorSpec("image_embeds", FLOAT, ("vision", "context")),
+            TensorSpec("deepstack_embeds", FLOAT, ("deepstack", "vision", "context")),
+        ),
     ),
     "transformer_prefix": Contract(inputs=PREFIX_INPUTS + _rope("", "prefix"), outputs=PAST),
     "transformer_step": Contract(

@@ -1,8 +1,8 @@
 """Prompt tokenization for the graphs, with `tokenizers` and NumPy only (no transformers, no torch).
 
 Produces what transformers' Qwen3VLProcessor produces for Qwen-Image-2's template: left-padded
-ids and mask, each `<|image_pad|>` expanded to one slot per 32x32 px of its condition image, and
-the text-only M-RoPE positions (cumsum of the mask, minus one).
+ids and mask, each `<|image_pad|>` expanded to its condition image's token count, and the
+text-only M-RoPE positions (cumsum of the mask, minus one; core/vision.py places images).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 from qiedge.core.prompt import IMAGE_PAD, MAX_PROMPT_TOKENS, chat_prompt, system_message
-from qiedge.core.units import PIXELS_PER_SLOT
 
 
 @dataclass
@@ -45,9 +44,9 @@ class PromptTokenizer:
         if count > MAX_PROMPT_TOKENS:
             raise ValueError(f"prompt is {count} tokens long; the limit is {MAX_PROMPT_TOKENS}")
 
-    def __call__(self, prompts: list[str], image_sizes: list[tuple[int, int]] = ()) -> TokenizedPrompts:
-        """Tokenize a batch; image_sizes are the condition images' (width, height), multiples of 32."""
-        slots = [(w // PIXELS_PER_SLOT) * (h // PIXELS_PER_SLOT) for w, h in image_sizes]
+    def __call__(self, prompts: list[str], image_tokens: list[int] = ()) -> TokenizedPrompts:
+        """Tokenize a batch; image_tokens are the condition images' vision-token counts, in order."""
+        slots = list(image_tokens)
         rows = []
         for prompt in prompts:
             self.check_prompt(prompt)

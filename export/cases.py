@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from qiedge.core.artifacts import ModelFacts
 from qiedge.core.layout import build_layout, transformer_feeds
 from qiedge.core.tokenizer import PromptTokenizer
 from qiedge.core.units import PIXELS_PER_TOKEN, TOKENS_PER_SLOT
+from qiedge.core.vision import image_index, image_tables, mrope_positions, vision_input
 
 Case = tuple[str, dict[str, np.ndarray]]
 
@@ -41,12 +43,45 @@ class CaseContext:
     image_channels: int
 
 
-def encoder(ctx: CaseContext) -> Iterator[Case]:
+# Condition images' patch grids (t, h, w): landscape, portrait, the smallest.
+VISION_GRIDS = ((1, 4, 6), (1, 10, 4), (1, 2, 2))
+
+
+def encoder(ctx: CaseContext, seed: int = 0) -> Iterator[Case]:
+    """Text-only prompts, then a batch of two with two condition images (random vision features)."""
+    rng = np.random.default_rng(seed)
     tokenizer = PromptTokenizer(ctx.facts.tokenizer_json)
-    for prompts in PROMPTS:
-        t = tokenizer(prompts)
-        feeds = {"input_ids": t.input_ids, "attention_mask": t.attention_mask, "position_ids": t.position_ids}
-        yield f"{len(prompts)}x{t.input_ids.shape[1]} tokens", feeds
+    vision = ctx.facts.vision
+    for prompts, grids in [(p, ()) for p in PROMPTS] + [(["make it blue", "x"], VISION_GRIDS[:2])]:
+        tokens = [h * w // vision.merge_size**2 for _, h, w in grids]
+        t = tokenizer(prompts, tokens)
+        features = [
+            (
+                rng.standard_normal((n, ctx.context), dtype=np.float32),
+                rng.standard_normal((vision.deepstack, n, ctx.context), dtype=np.float32),
+            )
+            for n in tokens
+        ]
+        embeds, deepstack = image_tables(features, ctx.context, vision.deepstack)
+        feeds = {
+            "input_ids": t.input_ids,
+            "attention_mask": t.attention_mask,
+            "position_ids": mrope_positions(
+                t.input_ids, t.attention_mask, tokenizer.image_pad_id, grids, vision.merge_size
+            ),
+            "image_embeds": embeds,
+            "deepstack_embeds": deepstack,
+            "image_index": image_index(t.input_ids, tokenizer.image_pad_id),
+        }
+        yield f"{len(prompts)}x{t.input_ids.shape[1]} tokens, {len(grids)} images", feeds
+
+
+def vision_encoder(ctx: CaseContext, seed: int = 0) -> Iterator[Case]:
+    rng = np.random.default_rng(seed)
+    p = ctx.facts.vision.patch_size
+    for _, h, w in VISION_GRIDS:
+        image = Image.fromarray(rng.integers(0, 256, (h * p, w * p, 3), dtype=np.uint8))
+        yield f"{w * p}x{h * p} image", vision_input(image, ctx.facts.vision).feeds
 
 
 def _transformer(ctx: CaseContext, seed: int = 0):

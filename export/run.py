@@ -15,14 +15,16 @@ from pathlib import Path
 
 import torch
 from qiedge.core.artifacts import FORMAT_VERSION, MANIFEST, TOKENIZER
+from qiedge.core.contract import DIMS
 from qiedge.core.files import sha256_file, staged_directory
+from qiedge.core.vision import VisionFacts
 from qiedge.reference_model.model_dir import ModelDir
 from qiedge.reference_model.presets import Preset, config_dict
 
 import qiedge
 
 from .sources import CheckpointSource, RandomSource
-from .specs import SPECS, ModelConfigs, describe
+from .specs import SPECS, ModelConfigs, declared_shape, describe
 from .stages import GraphJob, Pass, Target, run_stages
 from .targets import get_target
 
@@ -120,12 +122,19 @@ def export_artifacts(
     return manifest
 
 
+def _dim_ranges(spec, configs: ModelConfigs) -> dict[str, list[int]]:
+    """The [min, max] the graph accepts for each symbolic dim of its inputs."""
+    names = {d.rpartition("*")[2] for t in spec.inputs for d in declared_shape(t, configs) if isinstance(d, str)}
+    return {name: list(DIMS[name][:2]) for name in sorted(names)}
+
+
 def _entry(spec, configs: ModelConfigs, graph: Path, precision: str) -> dict:
     return {
         "graph": graph.as_posix(),
         "files": {},
         "inputs": describe(spec.inputs, configs, precision),
         "outputs": describe(spec.outputs, configs, precision),
+        "dims": _dim_ranges(spec, configs),
         "precision": precision,
         "quantization": None,
         "parity": None,
@@ -161,14 +170,21 @@ def _manifest(
             else (list(preset.sample_sigmas) if preset is not None and preset.sample_sigmas else None),
             "tokenizer": TOKENIZER,
             "tokenizer_sha256": sha256_file(root / TOKENIZER),
+            "vision": _vision_facts(configs, model).to_dict(),
         },
         "tools": _tool_versions(target.tools),
         **target.manifest(),
-        "notes": [
-            "condition_encoder is Qwen3-VL's text path only: the vision tower (editing) runs on the torch backend"
-        ],
         "components": entries,
     }
+
+
+def _vision_facts(configs: ModelConfigs, model: ModelDir | None) -> VisionFacts:
+    """The image processor's settings, which the runtime applies without transformers."""
+    if model is not None:
+        return VisionFacts.from_model_dir(model.path, configs.encoder)
+    from qiedge.reference_model.model_dir import image_processor_config
+
+    return VisionFacts.from_configs(image_processor_config(), configs.encoder)
 
 
 def _default_scheduler():

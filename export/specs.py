@@ -109,6 +109,16 @@ SPECS = {
             constants=_rotary_constants,
         ),
         ComponentSpec(
+            name="vision_encoder",
+            folder="vision_encoder",
+            stem="model",
+            weights="text_encoder",
+            key_prefix="",
+            wrapper=wrappers.VisionEncoderGraph,
+            reference=_vl_model,
+            cases=cases.vision_encoder,
+        ),
+        ComponentSpec(
             name="transformer_prefix",
             folder="transformer",
             stem="prefix",
@@ -167,7 +177,7 @@ SPECS = {
 
 def fixed_dims(configs: ModelConfigs) -> dict[str, int]:
     """The dims a given model fixes (not symbolic in its graphs)."""
-    t = configs.transformer
+    t, vision = configs.transformer, configs.encoder["vision_config"]
     return {
         "channels": t.in_channels,
         "context": t.context_in_dim,
@@ -178,6 +188,9 @@ def fixed_dims(configs: ModelConfigs) -> dict[str, int]:
         "inner": t.inner_dim,
         "modulation": 4 * t.inner_dim,
         "image_channels": configs.vae.in_channels,
+        "patch_dim": vision["in_channels"] * vision["temporal_patch_size"] * vision["patch_size"] ** 2,
+        "vision_head_dim": vision["hidden_size"] // vision["num_heads"],
+        "deepstack": len(vision["deepstack_visual_indexes"]),
     }
 
 
@@ -240,6 +253,8 @@ def trace_inputs(
             value = torch.arange(shape[-1]).expand(*shape)
         elif t.example == "ones" or dtype == torch.bool:
             value = torch.ones(shape, dtype=dtype)
+        elif t.example == "zeros":
+            value = torch.zeros(shape, dtype=dtype)
         else:
             value = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(dtype)
         inputs[t.name] = value.to(dtype=dtype, device=device)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qiedge.core.buckets import PROMPT_DIMS, SIZE_DIMS, Size, concrete_shape, prompt_dims, size_dims
+from qiedge.core.units import MAX_SIDE, PIXELS_PER_SLOT
 
 from .specs import ComponentSpec, ModelConfigs, declared_shape
 
@@ -45,7 +46,10 @@ class ProfileRanges:
         low, opt, high = (prompt_dims(n, dropped) for n in (shortest, self.prompt_lengths[0], self.prompt_lengths[-1]))
         ranges |= {d: (low[d], opt[d], high[d]) for d in PROMPT_DIMS}
         batch = (self.max_batch,) * 3 if self.static else (1, 1, self.max_batch)
-        return ranges | {"batch": batch, "cond": (0, 0, 0)}
+        # Text-to-image engines: the encoder's image tables hold their zero row alone; a vision
+        # engine takes one condition image of up to MAX_SIDE squared pixels.
+        vision = (1, (1024 // 32) ** 2, (MAX_SIDE // PIXELS_PER_SLOT) ** 2)
+        return ranges | {"batch": batch, "cond": (0, 0, 0), "image_rows": (1, 1, 1), "vision": vision}
 
 
 def profile(spec: ComponentSpec, configs: ModelConfigs, dims: dict[str, tuple[int, int, int]]) -> dict:

@@ -24,6 +24,7 @@ def test_fp32_every_component_and_whole_images(onnx_fp32, tiny_dir):
     assert report["passed"], report["failures"]
     assert set(report["components"]) == {
         "condition_encoder",
+        "vision_encoder",
         "transformer_prefix",
         "transformer_step",
         "transformer",
@@ -43,6 +44,7 @@ def test_fp16_images_within_35_db(tiny_dir, tmp_path):
     report = run_parity(tmp_path / "fp16", tiny_dir)
     assert report["passed"], report["failures"]
     assert min(c["psnr_db"] for c in report["end_to_end"]["cases"]) >= 35
+    assert report["components"]["vision_encoder"]["worst_psnr_db"] >= 35
 
 
 def test_prefix_and_step_graphs_equal_the_one_shot_graph(onnx_fp32, tiny_dir):
@@ -88,19 +90,26 @@ def test_tampered_or_missing_files_are_refused(onnx_fp32, tmp_path):
 
 
 def test_generate_from_artifacts_never_imports_torch(onnx_fp32, tmp_path):
-    out = tmp_path / "img.png"
+    """Text-to-image and an edit with a non-square RGBA condition image, both on the exported graphs."""
+    from PIL import Image
+
+    condition = tmp_path / "cond.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 72, 4), dtype=np.uint8)
+    Image.fromarray(pixels, "RGBA").save(condition)
+    t2i, edit = tmp_path / "t2i.png", tmp_path / "edit.png"
+    common = f"'--artifacts', {str(onnx_fp32)!r}, '--width', '64', '--height', '32', '--json'"
     code = (
         "import sys\n"
         "from qiedge.cli import main\n"
-        f"rc = main(['generate', 'a red circle', '--artifacts', {str(onnx_fp32)!r}, '--width', '64', '--height', '32',"
-        f" '--out', {str(out)!r}, '--json'])\n"
-        "assert rc == 0\n"
+        f"assert main(['generate', 'a red circle', {common}, '--out', {str(t2i)!r}]) == 0\n"
+        f"assert main(['generate', 'make it blue', {common}, '--image', {str(condition)!r}, '--resolution', '64',"
+        f" '--out', {str(edit)!r}]) == 0\n"
         "heavy = [m for m in ('torch', 'torchvision', 'transformers') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert out.is_file()
+    assert t2i.is_file() and edit.is_file()
 
 
 def test_tokenizer_matches_transformers_processor(onnx_fp32, model):
@@ -119,4 +128,4 @@ def test_tokenizer_matches_transformers_processor(onnx_fp32, model):
     np.testing.assert_array_equal(tokens.attention_mask, expected["attention_mask"])
     image = Image.new("RGB", (96, 64))
     expected = processor(text=[chat_prompt("make it blue", 1)], images=[image], return_tensors="np")
-    np.testing.assert_array_equal(ours(["make it blue"], [(96, 64)]).input_ids, expected["input_ids"])
+    np.testing.assert_array_equal(ours(["make it blue"], [6]).input_ids, expected["input_ids"])

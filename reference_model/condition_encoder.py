@@ -15,6 +15,7 @@ import contextlib
 import torch
 from PIL import Image
 from qiedge.core.prompt import MAX_PROMPT_TOKENS, SYSTEM_PROMPT, EncodedPrompt, chat_prompt, strip_prompt
+from qiedge.core.vision import rgb_for_vision
 from torch import nn
 
 
@@ -31,15 +32,6 @@ def without_final_norm(text_model: nn.Module):
         yield
     finally:
         text_model.norm = norm
-
-
-def vision_input(image: Image.Image) -> Image.Image:
-    """RGB copy for the vision tower: the checkpoint saw alpha composited over white."""
-    if image.mode != "RGBA":
-        return image.convert("RGB")
-    white = Image.new("RGB", image.size, (255, 255, 255))
-    white.paste(image, mask=image.getchannel("A"))
-    return white
 
 
 class ConditionEncoder:
@@ -68,7 +60,7 @@ class ConditionEncoder:
             "return_tensors": "pt",
         }
         if images:
-            kwargs["images"] = [vision_input(img) for _ in prompts for img in images]
+            kwargs["images"] = [rgb_for_vision(img) for _ in prompts for img in images]
         inputs = self.processor(**kwargs).to(self.model.device)
         base = self.model.model
         with without_final_norm(base.language_model):

@@ -268,13 +268,12 @@ def build_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
-def _write_processor(folder: Path) -> None:
-    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
-    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+def _image_processor():
+    from transformers import Qwen2VLImageProcessor
 
     # Pixel limits wide enough that images already a multiple of 32 px are never resized: each
     # encoder slot must cover exactly the 2x2 latent tokens the VAE makes of the same pixels.
-    image_processor = Qwen2VLImageProcessor(
+    return Qwen2VLImageProcessor(
         patch_size=16,
         merge_size=2,
         temporal_patch_size=2,
@@ -282,6 +281,18 @@ def _write_processor(folder: Path) -> None:
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )
+
+
+def image_processor_config() -> dict:
+    """The image settings `init` writes, for exports of a preset (which has no processor folder)."""
+    return _image_processor().to_dict()
+
+
+def _write_processor(folder: Path) -> None:
+    from transformers import Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    image_processor = _image_processor()
     video_processor = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
     processor = Qwen3VLProcessor(
         image_processor=image_processor,

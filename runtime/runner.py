@@ -10,7 +10,7 @@ from qiedge.core.units import PIXELS_PER_TOKEN
 
 from . import auto, ort_int8
 from .auto import BACKENDS
-from .backends import Backend, backend_for, open_backend
+from .backends import REGISTRY, Backend, backend_for, open_backend
 from .hardware import detect
 from .sampler import TEXT_TO_IMAGE, Request, Sessions, schedule_for
 
@@ -62,6 +62,19 @@ def _check_buckets(store: Artifacts, request: Request) -> None:
         )
 
 
+def _check_editing(store: Artifacts, request: Request, encoder: str) -> None:
+    """An edit on graphs needs the vision tower's and the VAE encoder's: refuse before loading."""
+    graphs = REGISTRY[encoder].needs == "artifacts"
+    needed = (["vision_encoder"] if graphs else []) + ["vae_encoder"]
+    missing = [c for c in needed if c not in store.components]
+    if request.images and missing:
+        raise ValueError(
+            f"editing needs {' and '.join(missing)}, which {store.path} does not hold ("
+            f"{store.manifest['target']} artifacts of {', '.join(store.components)}): export them, or run the "
+            "condition encoder on the reference with --model DIR --encoder-backend torch"
+        )
+
+
 def open_runtime(
     model: Path | None = None,
     artifacts: Path | None = None,
@@ -74,9 +87,9 @@ def open_runtime(
     """Sessions for one generate: the transformer, VAE and encoder each on the backend asked for.
 
     `auto` (the default) runs `--artifacts` on their target's backend, and a `--model` on the torch path
-    that is fastest on this CPU for a job of `request`'s size. Editing needs the vision tower,
-    so its condition encoder runs on torch (from `--model`). `options` go to the backend (the
-    cuda backend's precision and quantizer).
+    that is fastest on this CPU for a job of `request`'s size. Editing on graphs needs the
+    vision tower's and the VAE encoder's. `options` go to the backend (the cuda backend's
+    precision and quantizer).
     """
     from qiedge.reference_model.model_dir import ModelDir
 
@@ -88,9 +101,10 @@ def open_runtime(
     if model_dir is None and store is None:
         raise ValueError("pass --model DIR or --artifacts ART")
     facts = store.facts if store else ModelFacts.from_model_dir(model_dir)
+    choice = _choose(backend, model_dir, store, facts, request)
     if store and request:
         _check_buckets(store, request)
-    choice = _choose(backend, model_dir, store, facts, request)
+        _check_editing(store, request, encoder_backend or choice.backend)
     warning = auto.bf16_warning(detect()) if choice.backend == "torch-bf16" else None
     main = open_backend(choice.backend, model_dir, store, threads, **options)
     encoder = main if encoder_backend in (None, choice.backend) else open_backend(encoder_backend, model_dir, store)

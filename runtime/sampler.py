@@ -25,6 +25,15 @@ from qiedge.core.prompt import EncodedPrompt, strip_prompt
 from qiedge.core.scheduler import model_timesteps, sigma_schedule
 from qiedge.core.tokenizer import PromptTokenizer
 from qiedge.core.units import MAX_SIDE, PIXELS_PER_SLOT, PIXELS_PER_TOKEN
+from qiedge.core.vision import (
+    VisionFacts,
+    VisionInput,
+    image_index,
+    image_tables,
+    mrope_positions,
+    rgb_for_vision,
+    vision_input,
+)
 
 from .arrays import HOST, Arrays
 from .backends import Session
@@ -134,28 +143,45 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 class GraphPromptEncoder:
-    """Tokenizer + an exported (or torch) condition-encoder session: text prompts only."""
+    """Tokenizer + exported condition-encoder session, and the vision tower's session (loaded on
+    the first condition image) for editing: the prompt's image slots get the tower's features."""
 
-    def __init__(self, tokenizer: PromptTokenizer, session: Session):
-        self.tokenizer, self.session = tokenizer, session
+    def __init__(
+        self,
+        tokenizer: PromptTokenizer,
+        session: Session,
+        vision: VisionFacts,
+        load_vision: Callable[[], Session],
+    ):
+        self.tokenizer, self.session, self.vision = tokenizer, session, vision
+        self.load_vision = load_vision
+        self.vision_session: Session | None = None
 
     def __call__(self, prompts: list[str], images: list[Image.Image]) -> EncodedPrompt:
-        if images:
-            raise ValueError(
-                "editing needs Qwen3-VL's vision tower, which is not exported: "
-                "run the condition encoder on the torch backend (--encoder-backend torch)"
-            )
-        tokens = self.tokenizer(prompts)
-        hidden = self.session.run(
-            {
-                "input_ids": tokens.input_ids,
-                "attention_mask": tokens.attention_mask,
-                "position_ids": tokens.position_ids,
-            }
-        )["hidden_states"]
-        return strip_prompt(
-            hidden, tokens.input_ids, tokens.attention_mask, self.tokenizer.drop, self.tokenizer.image_pad_id
-        )
+        inputs = [vision_input(rgb_for_vision(img), self.vision) for img in images]
+        features = [self._see(i) for i in inputs]
+        pad = self.tokenizer.image_pad_id
+        tokens = self.tokenizer(prompts, [f[0].shape[0] for f in features])
+        embeds, deepstack = image_tables(features, self.vision.hidden, self.vision.deepstack)
+        grids = [i.grid for i in inputs]
+        feeds = {
+            "input_ids": tokens.input_ids,
+            "attention_mask": tokens.attention_mask,
+            "position_ids": mrope_positions(
+                tokens.input_ids, tokens.attention_mask, pad, grids, self.vision.merge_size
+            ),
+            "image_embeds": embeds,
+            "deepstack_embeds": deepstack,
+            "image_index": image_index(tokens.input_ids, pad),
+        }
+        hidden = self.session.run(feeds)["hidden_states"]
+        return strip_prompt(hidden, tokens.input_ids, tokens.attention_mask, self.tokenizer.drop, pad)
+
+    def _see(self, image: VisionInput) -> tuple[np.ndarray, np.ndarray]:
+        if self.vision_session is None:
+            self.vision_session = self.load_vision()
+        out = self.vision_session.run(image.feeds)
+        return out["image_embeds"], out["deepstack_embeds"]
 
 
 # The graphs every text-to-image run needs (editing adds the VAE encoder).

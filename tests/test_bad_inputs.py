@@ -205,10 +205,19 @@ def test_tampered_manifests_are_refused(artifacts, tmp_path, change, needle):
     assert not out.exists()
 
 
+def test_an_edit_on_artifacts_without_the_vision_tower_is_refused_before_loading(artifacts, tmp_path):
+    condition = tmp_path / "cond.png"
+    Image.new("RGB", (64, 64)).save(condition)
+    out = tmp_path / "img.png"
+    result = qiedge("generate", "x", "--artifacts", str(artifacts), "--image", str(condition), "--out", str(out))
+    refused(result, "editing needs vision_encoder and vae_encoder")
+    assert "--encoder-backend torch" in result.stderr and not out.exists()
+
+
 def test_a_manifest_that_is_not_json_is_refused(artifacts, tmp_path):
     copy = tmp_path / "art"
     shutil.copytree(artifacts, copy)
-    (copy / "manifest.json").write_bytes(b'{"format_version": 1, \xff')
+    (copy / "manifest.json").write_bytes(b'{"format_version": 2, \xff')
     refused(qiedge("generate", "a", "--artifacts", str(copy), "--out", str(tmp_path / "x.png")), "is not valid JSON")
 
 

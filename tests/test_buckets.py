@@ -22,8 +22,8 @@ def test_functions_follow_the_dims_a_graph_uses():
     assert set(functions("model", {"latent_height", "latent_width"}, sizes, lengths, 5)) == {"model_64x32"}
     encoder = functions("model", {"batch", "tokens"}, sizes, lengths, 5)
     assert encoder == {
-        "model_t16": {"batch": 1, "cond": 0, "text": 16, "prefix": 16, "tokens": 21},
-        "model_t64": {"batch": 1, "cond": 0, "text": 64, "prefix": 64, "tokens": 69},
+        "model_t16": {"batch": 1, "cond": 0, "image_rows": 1, "text": 16, "prefix": 16, "tokens": 21},
+        "model_t64": {"batch": 1, "cond": 0, "image_rows": 1, "text": 64, "prefix": 64, "tokens": 69},
     }
     step = functions("step", {"target", "prefix"}, sizes, lengths, 5)
     assert step["step_64x32_t64"]["target"] == 2 * 4 and len(step) == 2

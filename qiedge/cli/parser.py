@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--encoder-backend",
         choices=("torch", "onnxruntime", "coreml"),
-        help="run the condition encoder elsewhere (editing needs torch: the vision tower is not exported)",
+        help="run the condition encoder (and vision tower) on another backend, e.g. torch to compare",
     )
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     p.add_argument(

@@ -79,7 +79,12 @@ class CoreMLBackend:
 
         from ..sampler import GraphPromptEncoder
 
-        return GraphPromptEncoder(PromptTokenizer(facts.tokenizer_json), self.load("condition_encoder"))
+        return GraphPromptEncoder(
+            PromptTokenizer(facts.tokenizer_json),
+            self.load("condition_encoder"),
+            facts.vision,
+            lambda: self.load("vision_encoder"),
+        )
 
 
 def open(name: str, model, artifacts: Artifacts, threads: int | None) -> CoreMLBackend:

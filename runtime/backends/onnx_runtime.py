@@ -51,12 +51,17 @@ class OnnxRuntimeBackend:
         return OnnxRuntimeSession(session)
 
     def prompt_encoder(self, facts):
-        """The exported text path behind the tokenizer: text prompts only (no vision tower yet)."""
+        """The exported language model behind the tokenizer, and the vision tower's graph for editing."""
         from qiedge.core.tokenizer import PromptTokenizer
 
         from ..sampler import GraphPromptEncoder
 
-        return GraphPromptEncoder(PromptTokenizer(facts.tokenizer_json), self.load("condition_encoder"))
+        return GraphPromptEncoder(
+            PromptTokenizer(facts.tokenizer_json),
+            self.load("condition_encoder"),
+            facts.vision,
+            lambda: self.load("vision_encoder"),
+        )
 
 
 def _check_interface(component: str, session, entry: dict) -> None:

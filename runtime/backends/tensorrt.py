@@ -185,13 +185,14 @@ class TensorRTBackend:
         return self.artifacts.graph(component, record["file"])  # the engine is among the hashed files
 
     def prompt_encoder(self, facts):
-        """The exported text path behind the tokenizer: text prompts only (no vision tower yet)."""
+        """The exported language model behind the tokenizer, and the vision tower's engine for editing."""
         from qiedge.core.tokenizer import PromptTokenizer
 
         from ..sampler import GraphPromptEncoder
 
         encoder = OnHost(self.load("condition_encoder"), self.arrays)
-        return GraphPromptEncoder(PromptTokenizer(facts.tokenizer_json), encoder)
+        vision = lambda: OnHost(self.load("vision_encoder"), self.arrays)  # noqa: E731
+        return GraphPromptEncoder(PromptTokenizer(facts.tokenizer_json), encoder, facts.vision, vision)
 
 
 class OnHost:
