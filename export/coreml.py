@@ -97,6 +97,10 @@ class CoreMLTarget:
     precisions = ("fp16", "fp32")
     # The one-shot transformer graph exists for targets that cannot pass K/V between calls.
     components = ("condition_encoder", "transformer_prefix", "transformer_step", "vae_encoder", "vae_decoder")
+    unsupported = {
+        "vision_encoder": "Core ML packages are text-to-image only (no condition-image buckets yet); "
+        "export the vision tower with --target onnx"
+    }
 
     def __init__(self, options: CoreMLOptions = CoreMLOptions()):
         self.options = options

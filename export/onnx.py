@@ -216,6 +216,7 @@ class OnnxTarget:
     default_precision = "fp32"
     precisions = ("fp32", "fp16")
     components = None
+    unsupported: dict[str, str] = {}
 
     def configured(self, **options) -> OnnxTarget:
         raise ValueError(f"the onnx target takes no options ({', '.join(options)} are another target's)")

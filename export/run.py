@@ -92,6 +92,9 @@ def export_artifacts(
     unknown = [n for n in names if n not in SPECS]
     if unknown:
         raise ValueError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(SPECS)}")
+    for name in names:
+        if name in chosen.unsupported:
+            raise ValueError(f"{chosen.name} cannot export {name}: {chosen.unsupported[name]}")
     configs = model_configs(model, preset)
     with staged_directory(Path(out)) as tmp:
         _write_tokenizer(tmp, model)  # first: a target may bucket prompts by the tokenizer's counts

@@ -80,6 +80,7 @@ class Target(Protocol):
     default_precision: str
     precisions: tuple[str, ...]  # the float precisions it exports
     components: tuple[str, ...] | None  # exported by default (None: every spec)
+    unsupported: dict[str, str]  # components it cannot export, and why
 
     def configured(self, **options) -> Target: ...  # the target with its own options set
 

@@ -89,6 +89,7 @@ class TensorRTTarget:
     precisions = ("fp16", "bf16")  # of the float graph; int8 / fp8 / int4 are Q/DQ passes over fp16
     # The one-shot transformer is left out: the runtime runs the prefix once and the step per step.
     components = ("condition_encoder", "transformer_prefix", "transformer_step", "vae_encoder", "vae_decoder")
+    unsupported: dict[str, str] = {}
 
     def __init__(self, options: TensorRTOptions = TensorRTOptions()):
         self.options = options

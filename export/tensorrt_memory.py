@@ -21,6 +21,7 @@ from pathlib import Path
 # JetPack's OS, the CUDA context and TensorRT's runtime: an estimate of what a Jetson keeps for itself.
 SYSTEM_BYTES = 3 << 30
 PHASES = {  # what runs together; the transformer's prefix and step engines share the weights file
+    "vision_encoder": ("vision_encoder",),  # editing only, and only where it is exported
     "condition_encoder": ("condition_encoder",),
     "transformer": ("transformer_prefix", "transformer_step"),
     "vae_decoder": ("vae_decoder",),

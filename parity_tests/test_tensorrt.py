@@ -52,9 +52,10 @@ def qiedge(*args):
 def trt_fp16(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("trt") / "fp16"
     sizes = "64x64,96x64"  # the parity cases' sizes, so the profiles hold them
+    components = "condition_encoder,vision_encoder,transformer_prefix,transformer_step,vae_encoder,vae_decoder"
     result = qiedge(
         "export", "--target", "tensorrt", "--model", str(tiny_dir), "--out", str(out), "--sizes", sizes,
-        "--prompt-lengths", "8,64", "--max-batch", "2", "--no-parity",
+        "--prompt-lengths", "8,64", "--max-batch", "2", "--components", components, "--no-parity",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return out
@@ -101,7 +102,7 @@ def test_tables_name_their_source():
 @pytest.mark.parametrize("version", VERSIONS)
 def test_fp16_graphs_pass_every_table(trt_fp16, version):
     graphs = _graphs(trt_fp16)
-    assert len(graphs) == 5
+    assert len(graphs) == 6
     for graph in graphs:
         assert tensorrt_check.check_file(graph, version) == [], graph
 
@@ -346,7 +347,7 @@ def test_build_commands_for_the_demo_and_7b_models(preset):
 def test_cli_check_passes_exported_artifacts(trt_fp16):
     result = qiedge("check", str(trt_fp16))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count(" ok") == 5
+    assert result.stdout.count(" ok") == 6
 
 
 def test_cli_refuses_fp8_on_orin(tiny_dir, tmp_path):

@@ -214,6 +214,15 @@ def test_an_edit_on_artifacts_without_the_vision_tower_is_refused_before_loading
     assert "--encoder-backend torch" in result.stderr and not out.exists()
 
 
+def test_coreml_refuses_the_vision_tower_before_any_work(tmp_path):
+    out = tmp_path / "art"
+    result = qiedge(
+        "export", "--target", "coreml", "--preset", "tiny", "--components", "vision_encoder", "--out", str(out)
+    )
+    refused(result, "coreml cannot export vision_encoder: Core ML packages are text-to-image only")
+    assert not out.exists()
+
+
 def test_a_manifest_that_is_not_json_is_refused(artifacts, tmp_path):
     copy = tmp_path / "art"
     shutil.copytree(artifacts, copy)
