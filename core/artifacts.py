@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qiedge.core import typed
 from qiedge.core.files import sha256_file
 from qiedge.core.scheduler import SchedulerConfig
 from qiedge.core.vision import VisionFacts
@@ -80,16 +81,23 @@ class Artifacts:
 
     @functools.cached_property
     def facts(self) -> ModelFacts:
-        model = self.manifest["model"]
-        sigmas = model["sample_sigmas"]
-        return ModelFacts(
-            tuple(model["axes_dims_rope"]),
-            model["latent_channels"],
-            SchedulerConfig(**model["scheduler"]),
-            tuple(sigmas) if sigmas else None,
-            self._checked(model["tokenizer"], model.get("tokenizer_sha256"), "the tokenizer"),
-            VisionFacts.from_dict(model["vision"]),
-        )
+        """The manifest's model section, every value type-checked (a manifest is untrusted)."""
+        where = f"{self.path / MANIFEST}: model"
+        model = self.manifest.get("model")
+        try:
+            fields = typed.from_dict(_ModelFields, model, where)
+            return ModelFacts(
+                fields.axes_dims_rope,
+                fields.latent_channels,
+                typed.from_dict(SchedulerConfig, model.get("scheduler"), f"{where}.scheduler"),
+                fields.sample_sigmas,
+                self._checked(fields.tokenizer, fields.tokenizer_sha256, "the tokenizer"),
+                VisionFacts.from_dict(model.get("vision"), f"{where}.vision"),
+            )
+        except ArtifactError:
+            raise
+        except ValueError as e:
+            raise ArtifactError(str(e)) from None
 
     def inside(self, relative: str) -> Path:
         """A path the manifest names, refused unless it stays inside the artifacts directory."""
@@ -103,7 +111,9 @@ class Artifacts:
         (folder) holding some of them."""
         files = self.component(component)["files"]
         if relative not in files and not any(f.startswith(relative.rstrip("/") + "/") for f in files):
-            raise ArtifactError(f"{component}: its graph {relative!r} is not among its hashed files in {MANIFEST}")
+            raise ArtifactError(
+                f"{component}: its graph {relative!r} is not among its hashed files in {self.path / MANIFEST}"
+            )
         return self.inside(relative)
 
     @functools.cached_property
@@ -118,7 +128,7 @@ class Artifacts:
             raise ArtifactError(f"{what}: {relative} is missing from {self.path}")
         if expected is None or sha256_file(file) != expected:
             raise ArtifactError(
-                f"{what}: {relative} does not match the sha256 in {MANIFEST} (or has none); "
+                f"{what}: {self.path / relative} does not match the sha256 in {MANIFEST} (or has none); "
                 "the artifact was modified or corrupted, refusing to load it"
             )
         self.verified.add((relative, expected))
@@ -131,7 +141,12 @@ class Artifacts:
     def component(self, name: str) -> dict:
         if name not in self.components:
             raise ArtifactError(f"{self.path} has no {name} component (it has: {', '.join(self.components)})")
-        return self.components[name]
+        entry = self.components[name]
+        if not _well_formed(entry):
+            raise ArtifactError(
+                f"{self.path / MANIFEST}: component {name} is malformed (graph, files, inputs or outputs)"
+            )
+        return entry
 
     def verify(self, name: str) -> Path:
         """Check every file of a component against its recorded sha256; returns the graph's path."""
@@ -139,6 +154,20 @@ class Artifacts:
         for relative, expected in entry["files"].items():
             self._checked(relative, expected, name)
         return self.graph(name, entry["graph"])
+
+
+def _well_formed(entry) -> bool:
+    """A manifest entry with what the loaders read: a graph path, files with their hashes, and
+    named inputs and outputs."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("graph"), str):
+        return False
+    files = entry.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        return False
+    tensors = [entry.get("inputs"), entry.get("outputs")]
+    return all(
+        isinstance(t, list) and all(isinstance(d, dict) and isinstance(d.get("name"), str) for d in t) for t in tensors
+    )
 
 
 def update_manifest(path: Path, update) -> dict:
@@ -149,3 +178,14 @@ def update_manifest(path: Path, update) -> dict:
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, path / MANIFEST)
     return manifest
+
+
+@dataclass(frozen=True)
+class _ModelFields:
+    """The manifest's model section, besides the scheduler and the image processor."""
+
+    axes_dims_rope: tuple[int, int, int]
+    latent_channels: int
+    sample_sigmas: tuple[float, ...] | None
+    tokenizer: str
+    tokenizer_sha256: str | None = None  # None: refused when the tokenizer is checked

@@ -25,7 +25,11 @@ class PromptTokenizer:
     def __init__(self, tokenizer_json: Path):
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        self.path = tokenizer_json
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        except Exception as e:  # the tokenizers library raises bare Exceptions for bad files
+            raise ValueError(f"{tokenizer_json} is not a tokenizer file ({e or type(e).__name__})") from None
         self.pad_id = self._token_id("<|endoftext|>")
         self.image_pad_id = self._token_id(IMAGE_PAD)
         self.drop = len(self._encode(system_message()))
@@ -33,7 +37,7 @@ class PromptTokenizer:
     def _token_id(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
         if token_id is None:
-            raise ValueError(f"tokenizer has no {token} token")
+            raise ValueError(f"tokenizer {self.path} has no {token} token")
         return token_id
 
     def _encode(self, text: str) -> list[int]:

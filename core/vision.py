@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import typed
+
 BICUBIC = 3  # the processors' `resample` code for bicubic (PIL's numbering)
 
 
@@ -27,8 +29,8 @@ class VisionFacts:
     merge_size: int
     min_pixels: int
     max_pixels: int
-    image_mean: tuple[float, ...]
-    image_std: tuple[float, ...]
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
     rescale_factor: float
     grid_side: int  # the learned position table is grid_side x grid_side
     head_dim: int  # the vision attention's head size, which the 2D rotary angles fill
@@ -37,42 +39,52 @@ class VisionFacts:
     hidden: int  # the language model's width: the vision tower's output size
 
     @classmethod
-    def from_configs(cls, processor: dict, encoder: dict) -> VisionFacts:
-        """From the processor's image settings and transformers' Qwen3VLConfig as a dict."""
-        vision = encoder["vision_config"]
-        if processor.get("resample", BICUBIC) != BICUBIC:
-            raise ValueError(f"image processor resample {processor['resample']} is not bicubic ({BICUBIC})")
-        size = processor.get("size") or {}
-        return cls(
-            patch_size=processor["patch_size"],
-            temporal_patch_size=processor["temporal_patch_size"],
-            merge_size=processor["merge_size"],
-            min_pixels=size.get("shortest_edge", processor.get("min_pixels")),
-            max_pixels=size.get("longest_edge", processor.get("max_pixels")),
-            image_mean=tuple(processor["image_mean"]),
-            image_std=tuple(processor["image_std"]),
-            rescale_factor=processor["rescale_factor"],
-            grid_side=math.isqrt(vision["num_position_embeddings"]),
-            head_dim=vision["hidden_size"] // vision["num_heads"],
-            rope_theta=(vision.get("rope_parameters") or {}).get("rope_theta", 10000.0),
-            deepstack=len(vision["deepstack_visual_indexes"]),
-            hidden=vision["out_hidden_size"],
-        )
+    def from_configs(cls, processor: dict, encoder: dict, source: str = "the image processor") -> VisionFacts:
+        """From the processor's image settings and transformers' Qwen3VLConfig as a dict (both
+        untrusted: a missing or mistyped value is refused naming `source`)."""
+        try:
+            vision = encoder["vision_config"]
+            if processor.get("resample", BICUBIC) != BICUBIC:
+                raise ValueError(f"resample {processor['resample']} is not bicubic ({BICUBIC})")
+            size = processor.get("size") or {}
+            values = {
+                "patch_size": processor["patch_size"],
+                "temporal_patch_size": processor["temporal_patch_size"],
+                "merge_size": processor["merge_size"],
+                "min_pixels": size.get("shortest_edge", processor.get("min_pixels")),
+                "max_pixels": size.get("longest_edge", processor.get("max_pixels")),
+                "image_mean": processor["image_mean"],
+                "image_std": processor["image_std"],
+                "rescale_factor": processor["rescale_factor"],
+                "grid_side": math.isqrt(vision["num_position_embeddings"]),
+                "head_dim": vision["hidden_size"] // vision["num_heads"],
+                "rope_theta": (vision.get("rope_parameters") or {}).get("rope_theta", 10000.0),
+                "deepstack": len(vision["deepstack_visual_indexes"]),
+                "hidden": vision["out_hidden_size"],
+            }
+        except (KeyError, TypeError, AttributeError, ZeroDivisionError) as e:
+            raise ValueError(f"{source}: missing or malformed image setting ({type(e).__name__}: {e})") from None
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+        return typed.from_dict(cls, values, source)
 
     @classmethod
     def from_model_dir(cls, path: Path, encoder: dict) -> VisionFacts:
         """A diffusers model directory: `processor/preprocessor_config.json` (the released layout) or
         the image processor inside `processor/processor_config.json` (transformers 5's)."""
         folder = path / "processor"
-        if (folder / "preprocessor_config.json").is_file():
-            processor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
-        else:
-            processor = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))["image_processor"]
-        return cls.from_configs(processor, encoder)
+        released = folder / "preprocessor_config.json"
+        file = released if released.is_file() else folder / "processor_config.json"
+        try:
+            settings = json.loads(file.read_text(encoding="utf-8"))
+            processor = settings if file == released else settings["image_processor"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{file} holds no image processor settings ({type(e).__name__}: {e})") from None
+        return cls.from_configs(processor, encoder, str(file))
 
     @classmethod
-    def from_dict(cls, data: dict) -> VisionFacts:
-        return cls(**{**data, "image_mean": tuple(data["image_mean"]), "image_std": tuple(data["image_std"])})
+    def from_dict(cls, data: dict, source: str) -> VisionFacts:
+        return typed.from_dict(cls, data, source)
 
     def to_dict(self) -> dict:
         return asdict(self)

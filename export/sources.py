@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from qiedge.reference_model.weights import weight_files
-from safetensors import safe_open
+from qiedge.reference_model.weights import open_weights, weight_files
 
 
 def as_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -27,14 +26,14 @@ class CheckpointSource:
     def __init__(self, folder: Path):
         self.files = {}
         for path in weight_files(folder):
-            with safe_open(path, framework="pt") as f:
+            with open_weights(path) as f:
                 self.files.update({key: path for key in f.keys()})
 
     def __contains__(self, key: str) -> bool:
         return key in self.files
 
     def get(self, key: str, dtype: torch.dtype) -> np.ndarray:
-        with safe_open(self.files[key], framework="pt") as f:
+        with open_weights(self.files[key]) as f:
             return as_numpy(f.get_tensor(key).to(dtype))
 
 

@@ -38,14 +38,12 @@ def _text_encoder_counts(encoder: EncoderConfig | dict) -> dict[str, int]:
 
 
 def _stored_dtype(folder: Path) -> str:
-    from safetensors import safe_open
-
-    from .weights import weight_files
+    from .weights import open_weights, weight_files
 
     dtypes = set()
     for path in weight_files(folder):
-        with safe_open(path, framework="pt") as f:
-            dtypes |= {str(f.get_slice(k).get_dtype()).lower() for k in f.keys()}
+        with open_weights(path) as f:
+            dtypes |= {f.dtype(k) for k in f.keys()}
     return ",".join(sorted(dtypes))
 
 

@@ -9,6 +9,7 @@ Reading configs needs no torch; loading or writing weights imports it when calle
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -70,14 +71,13 @@ class ModelDir:
         missing = [c for c in COMPONENTS if not (path / c).is_dir()]
         if missing:
             raise ModelDirError(f"{path} is missing component folder(s): {', '.join(missing)}")
-        index = _read_json(path / "model_index.json")
-        sigmas = index.get("sample_sigmas")
+        sigmas = _config(_Index, path / "model_index.json").sample_sigmas
         return cls(
             path=path,
-            transformer=presets.from_dict(TransformerConfig, _read_json(path / "transformer" / "config.json")),
-            vae=presets.from_dict(VAEConfig, _read_json(path / "vae" / "config.json")),
-            scheduler=presets.from_dict(SchedulerConfig, _read_json(path / "scheduler" / "scheduler_config.json")),
-            sample_sigmas=tuple(sigmas) if sigmas else None,
+            transformer=_config(TransformerConfig, path / "transformer" / "config.json"),
+            vae=_config(VAEConfig, path / "vae" / "config.json"),
+            scheduler=_config(SchedulerConfig, path / "scheduler" / "scheduler_config.json"),
+            sample_sigmas=sigmas or None,
         )
 
     def fingerprint(self) -> str:
@@ -108,17 +108,31 @@ class ModelDir:
         from transformers.utils import logging as hf_logging
 
         from .condition_encoder import ConditionEncoder
+        from .weights import open_weights
 
         folder = self.path / "text_encoder"
         if not (folder / "config.json").is_file():
             raise ModelDirError(f"{folder} has no config.json")
-        weight_files(folder)
+        for path in weight_files(folder):  # headers checked here, so a bad file is named
+            with open_weights(path):
+                pass
         hf_logging.disable_progress_bar()
-        model = Qwen3VLForConditionalGeneration.from_pretrained(
-            folder, dtype=dtype or torch.float32, local_files_only=True
-        )
-        processor = Qwen3VLProcessor.from_pretrained(self.path / "processor", local_files_only=True)
+        with _named(folder):
+            model = Qwen3VLForConditionalGeneration.from_pretrained(
+                folder, dtype=dtype or torch.float32, local_files_only=True
+            )
+        with _named(self.path / "processor"):
+            processor = Qwen3VLProcessor.from_pretrained(self.path / "processor", local_files_only=True)
         return ConditionEncoder(model.to(device).eval(), processor)
+
+
+@contextlib.contextmanager
+def _named(folder: Path):
+    """transformers' own loading errors, with the folder they are about."""
+    try:
+        yield
+    except Exception as e:
+        raise ModelDirError(f"{folder}: transformers cannot load it ({type(e).__name__}: {e})") from None
 
 
 def _load(cls, config, folder: Path, dtype, device):
@@ -141,9 +155,28 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise ModelDirError(f"missing {path}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelDirError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelDirError(f"{path} is not a JSON object")
+    return data
+
+
+@dataclass(frozen=True)
+class _Index:
+    """What qiedge reads of `model_index.json` (diffusers reads the rest)."""
+
+    sample_sigmas: tuple[float, ...] | None = None
+
+
+def _config(cls, path: Path):
+    try:
+        return presets.from_dict(cls, _read_json(path), str(path))
+    except ModelDirError:
+        raise
+    except ValueError as e:
+        raise ModelDirError(str(e)) from None
 
 
 def _write_json(path: Path, data: dict) -> None:

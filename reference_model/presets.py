@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from qiedge.core import typed
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -119,10 +121,10 @@ def json_ready(value):
     return value
 
 
-def from_dict(cls, data: dict[str, Any]):
-    """Build a config from a `config.json`, ignoring bookkeeping keys such as `_class_name`."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+def from_dict(cls, data: dict[str, Any], source: str = "config"):
+    """Build a config from a `config.json`, ignoring bookkeeping keys such as `_class_name`; every
+    value is checked against its field's type, and a bad one refused naming `source` and the key."""
+    return typed.from_dict(cls, data, source)
 
 
 # The released Qwen-Image-2.1 VAE statistics (diffusers' class defaults).

@@ -7,6 +7,7 @@ with every missing, unexpected and mis-shaped tensor named at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -20,16 +21,73 @@ class WeightsMismatch(ValueError):
     pass
 
 
+class WeightsError(ValueError):
+    """A weights file or index that cannot be read as it claims: named, with what is wrong."""
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The component's safetensors files, sharded (via the index) or single."""
     index = sorted(folder.glob("*.safetensors.index.json"))
     if index:
-        shards = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
-        return [folder / s for s in shards]
+        return [folder / s for s in _shards(index[0])]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
+        raise WeightsError(f"no *.safetensors weights in {folder}")
     return files
+
+
+def _shards(index: Path) -> list[str]:
+    """The shard files an index names, each a plain file name beside it (untrusted: no paths)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise WeightsError(f"{index} is not a safetensors index ({type(e).__name__}: {e})") from None
+    for shard in shards:
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+            raise WeightsError(f"{index} names {shard!r}: shards must be files beside the index")
+    return shards
+
+
+@contextlib.contextmanager
+def open_weights(path: Path, device: str = "cpu"):
+    """safe_open, with a file it cannot read (truncated, corrupt header, absurd offsets) named.
+
+    safetensors checks the header against the file's size before it maps anything, so a header
+    claiming more than the file holds is refused without allocating it.
+    """
+    try:
+        with safe_open(path, framework="pt", device=device) as f:
+            yield _Named(f, path)
+    except WeightsError:
+        raise
+    except Exception as e:
+        raise WeightsError(f"{path} is not a readable safetensors file ({e or type(e).__name__})") from None
+
+
+class _Named:
+    """A safetensors handle whose per-tensor errors name the file and the tensor."""
+
+    def __init__(self, handle, path: Path):
+        self.handle, self.path = handle, path
+
+    def keys(self) -> list[str]:
+        return self.handle.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._call(key, lambda: self.handle.get_slice(key).get_shape()))
+
+    def dtype(self, key: str) -> str:
+        return str(self._call(key, lambda: self.handle.get_slice(key).get_dtype())).lower()
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        return self._call(key, lambda: self.handle.get_tensor(key))
+
+    def _call(self, key: str, read):
+        try:
+            return read()
+        except Exception as e:
+            raise WeightsError(f"{self.path}: tensor {key} cannot be read ({e or type(e).__name__})") from None
 
 
 def check_shapes(module: nn.Module, files: list[Path]) -> None:
@@ -37,9 +95,9 @@ def check_shapes(module: nn.Module, files: list[Path]) -> None:
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     found = {}
     for path in files:
-        with safe_open(path, framework="pt") as f:
+        with open_weights(path) as f:
             for key in f.keys():
-                found[key] = tuple(f.get_slice(key).get_shape())
+                found[key] = f.shape(key)
     missing = sorted(expected.keys() - found.keys())
     unexpected = sorted(found.keys() - expected.keys())
     shapes = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
@@ -62,7 +120,7 @@ def load_into(module: nn.Module, folder: Path, dtype: torch.dtype = torch.float3
     check_shapes(module, files)
     state = {}
     for path in files:
-        with safe_open(path, framework="pt", device=device) as f:
+        with open_weights(path, device) as f:
             for key in f.keys():
                 state[key] = f.get_tensor(key).to(dtype)
     module.load_state_dict(state, strict=True, assign=True)
@@ -77,6 +135,6 @@ def parameter_count(folder: Path) -> int:
     """Parameters stored in a component folder, read from the safetensors headers alone."""
     total = 0
     for path in weight_files(folder):
-        with safe_open(path, framework="pt") as f:
-            total += sum(torch.Size(f.get_slice(k).get_shape()).numel() for k in f.keys())
+        with open_weights(path) as f:
+            total += sum(torch.Size(f.shape(k)).numel() for k in f.keys())
     return total

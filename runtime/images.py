@@ -9,6 +9,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+MAX_INPUT_PIXELS = 8192 * 8192  # a condition image's size on disk, checked before it is decoded
+
+
+def open_condition(path: Path) -> Image.Image:
+    """A condition image, decoded whole now: its size is checked from the header first, and a
+    file Pillow cannot decode (truncated, corrupt, not an image) is refused naming it."""
+    try:
+        image = Image.open(path)
+        if image.width * image.height > MAX_INPUT_PIXELS:
+            raise ValueError(
+                f"condition image {path} is {image.width}x{image.height}, over "
+                f"{MAX_INPUT_PIXELS // 10**6} megapixels: downscale it first"
+            )
+        image.load()
+    except ValueError:
+        raise
+    except Exception as e:  # Pillow raises OSError, SyntaxError, struct errors, ... on bad files
+        raise ValueError(f"condition image {path} cannot be read ({type(e).__name__}: {e})") from None
+    return image
+
 
 def output_paths(out: Path, count: int) -> list[Path]:
     if count == 1:

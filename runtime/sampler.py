@@ -37,6 +37,7 @@ from qiedge.core.vision import (
 
 from .arrays import HOST, Arrays
 from .backends import Session
+from .images import MAX_INPUT_PIXELS
 
 DEFAULT_STEPS = 40
 # Bounds checked before any work: more steps than the 1,000 training timesteps revisit the same
@@ -44,7 +45,6 @@ DEFAULT_STEPS = 40
 # resized to about `resolution` squared, like a generated one at most MAX_SIDE on a side.
 MAX_STEPS = 1000
 MAX_BATCH = 64
-MAX_INPUT_PIXELS = 8192 * 8192  # a condition image's size on disk, checked before it is decoded
 
 
 class NonFiniteError(ValueError):

@@ -155,7 +155,7 @@ def test_facts_read_the_released_processor_layout(tmp_path, tiny):
     shutil.copy(tiny.path / "processor" / "tokenizer.json", folder)
     facts = VisionFacts.from_model_dir(tmp_path, tiny.encoder_config)
     assert (facts.min_pixels, facts.max_pixels) == (65536, 16777216)
-    assert VisionFacts.from_dict(facts.to_dict()) == facts
+    assert VisionFacts.from_dict(facts.to_dict(), "test") == facts
     settings["resample"] = 2
     with pytest.raises(ValueError, match="not bicubic"):
         VisionFacts.from_configs(settings, tiny.encoder_config)

@@ -40,5 +40,5 @@ def test_loads_strictly_and_exactly(tmp_path):
 
 
 def test_no_weights_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+    with pytest.raises(weights.WeightsError, match="no \\*.safetensors"):
         weights.weight_files(tmp_path)

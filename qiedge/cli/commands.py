@@ -53,10 +53,8 @@ def _precision_options(args, model) -> dict:
 def cmd_generate(args) -> None:
     import time
 
-    from PIL import Image
-
     from qiedge.core.units import PIXELS_PER_TOKEN
-    from qiedge.runtime.images import check_output, save_png
+    from qiedge.runtime.images import check_output, open_condition, save_png
     from qiedge.runtime.progress import step_progress
     from qiedge.runtime.runner import open_runtime
     from qiedge.runtime.sampler import Request, generate, schedule_for, to_uint8
@@ -69,7 +67,7 @@ def cmd_generate(args) -> None:
         seed=args.seed,
         cfg=args.cfg,
         negative_prompt=args.negative_prompt,
-        images=[Image.open(p) for p in args.image],
+        images=[open_condition(Path(p)) for p in args.image],
         resolution=args.resolution,
     )
     request.validate()

@@ -46,7 +46,10 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3
         for key, value in ort_int8.session_config(self.artifacts.component(component)["precision"]).items():
             options.add_session_config_entry(key, value)
-        session = ort.InferenceSession(str(path), options, providers=self.providers)
+        try:
+            session = ort.InferenceSession(str(path), options, providers=self.providers)
+        except Exception as e:  # onnxruntime's own errors do not say which artifact
+            raise ArtifactError(f"{component}: ONNX Runtime cannot load {path} ({e})") from None
         _check_interface(component, session, self.artifacts.component(component))
         return OnnxRuntimeSession(session)
 
