@@ -262,6 +262,7 @@ def demo_accuracy(args, device) -> list[list]:
     from qiedge.quantization.accuracy import Evaluation, Judge
     from qiedge.quantization.real_quant import OnHost, quantizer
     from qiedge.quantization.recipe import Recipe
+    from qiedge.quantization.report import lowest_cosine
     from qiedge.reference_model.model_dir import ModelDir, demo_model_dir
     from qiedge.runtime.backends.cuda import CudaBackend
     from qiedge.runtime.evaluate import prompt_set
@@ -275,7 +276,7 @@ def demo_accuracy(args, device) -> list[list]:
         prefix, step = (OnHost(backend.load(c), backend.arrays) for c in ("transformer_prefix", "transformer_step"))
         per_step = judge.per_step_of(prefix, step)
         figures = judge.image_figures(judge.images_of(prefix, step))
-        rows.append([precision, min(s["cosine_min"] for s in per_step), figures["psnr_db"], figures["adherence"]])
+        rows.append([precision, lowest_cosine(per_step), figures["psnr_db"], figures["adherence"]])
     return rows
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from . import typed
 
 BICUBIC = 3  # the processors' `resample` code for bicubic (PIL's numbering)
+MAX_ASPECT = 200  # the processor refuses images any longer than this
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ class VisionFacts:
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """(height, width) as the processor resizes: multiples of `factor`, pixel count within bounds."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"image is {width}x{height}: the vision tower takes aspect ratios up to 200")
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise ValueError(f"image is {width}x{height}: the vision tower takes aspect ratios up to {MAX_ASPECT}")
     h, w = round(height / factor) * factor, round(width / factor) * factor
     if h * w > max_pixels:
         beta = math.sqrt(height * width / max_pixels)

@@ -77,12 +77,14 @@ def export_artifacts(
     extra: dict | None = None,
     on_component: Callable[[str, float], None] | None = None,
     target_options: dict | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> dict:
     """Every component through the target's stages, checked and hashed; returns the manifest
     written to `out/manifest.json`.
 
     `passes` are rewrites from outside the target (quantization's Q/DQ insertion), each for the
-    components it applies to; `extra` goes into the manifest's top level (the quantization record).
+    components it applies to; `extra` goes into the manifest's top level (the quantization record),
+    `extra_files` (name -> text) beside it, published with everything else.
     """
     chosen = get_target(target, **(target_options or {}))
     precision = precision or chosen.default_precision
@@ -120,6 +122,8 @@ def export_artifacts(
             if on_component:
                 on_component(name, time.perf_counter() - start)
         manifest = _manifest(tmp, chosen, entries, configs, model, preset, precision, seed) | (extra or {})
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         (tmp / MANIFEST).write_text(_dumps(manifest))
         chosen.finish(tmp, manifest)
     return manifest

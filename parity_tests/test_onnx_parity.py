@@ -119,7 +119,7 @@ def test_tokenizer_matches_transformers_processor(onnx_fp32, model):
 
     ours = PromptTokenizer(Artifacts.open(onnx_fp32).facts.tokenizer_json)
     processor = model.load_condition_encoder().processor
-    prompts = ["a red circle on the left", "", "日本語 and emoji 🎨"]
+    prompts = ["a red circle on the left", "", "日本語 and emoji 🎨", "control \x00\x1b[31m\t\r\n\u202e chars"]
     expected = processor(
         text=[chat_prompt(p, 0) for p in prompts], padding=True, padding_side="left", return_tensors="np"
     )
@@ -129,3 +129,20 @@ def test_tokenizer_matches_transformers_processor(onnx_fp32, model):
     image = Image.new("RGB", (96, 64))
     expected = processor(text=[chat_prompt("make it blue", 1)], images=[image], return_tensors="np")
     np.testing.assert_array_equal(ours(["make it blue"], [6]).input_ids, expected["input_ids"])
+
+
+def test_one_runtime_serves_threads_at_once(onnx_fp32):
+    """Requests from several threads on one runtime (one set of sessions) give each request's own
+    image, the same as when run alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qiedge.runtime.runner import open_runtime
+    from qiedge.runtime.sampler import Request, generate
+
+    runtime = open_runtime(artifacts=onnx_fp32)
+    requests = [Request([f"a red circle {i}"], width=64, height=32 * (1 + i % 2), seed=i) for i in range(6)]
+    alone = [generate(r, runtime.facts, runtime.sessions) for r in requests]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        together = list(pool.map(lambda r: generate(r, runtime.facts, runtime.sessions), requests))
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a, b)

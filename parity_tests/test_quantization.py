@@ -203,3 +203,51 @@ def test_recipe_keeps_named_layers():
     assert recipe.quantized_layers(layers, 4) == ["transformer_blocks.1.attn.to_q", "transformer_blocks.2.attn.to_q"]
     with pytest.raises(ValueError, match="format"):
         replace(recipe, format="int3")
+
+
+def test_a_faulty_quantized_model_is_measured_to_the_end(tiny_dir):
+    """NaN from the quantized side is counted in the figures (and drawn black), not a stop."""
+    from qiedge.quantization.accuracy import Evaluation, Judge
+
+    judge = Judge(tiny_dir, Evaluation.on(["a red circle", "a blue square"], size=64, batch=1))
+    prefix, step = torch_sessions(judge.reference)
+
+    class Faulty:
+        def run(self, feeds):
+            velocity = step.run(feeds)["velocity"].copy()
+            velocity[:, :3] = np.nan
+            return {"velocity": velocity}
+
+    per_step = judge.per_step_of(prefix, Faulty())
+    assert all(s["non_finite"] == 2 * 3 * velocity_channels(judge) for s in per_step)
+    assert all(s["cosine_min"] is None for s in per_step)
+    figures = judge.image_figures(judge.images_of(prefix, Faulty()))
+    assert figures["non_finite"] > 0 and np.isfinite(figures["psnr_db"])
+    healthy = judge.image_figures(judge.images_of(prefix, step))
+    assert healthy["non_finite"] == 0 and healthy["psnr_db"] == float("inf")
+
+
+def velocity_channels(judge) -> int:
+    return judge.runtime.facts.latent_channels
+
+
+def test_quantize_exports_nothing_of_a_model_that_makes_nan(tiny_dir, tmp_path, monkeypatch):
+    """The report is written with the NaN counted; the command fails and no artifacts appear."""
+    import torch
+    from qiedge.quantization import run
+
+    def poisoned(reference, *args):
+        model = fake_quantized(reference, *args)
+        with torch.no_grad():
+            model.proj_out.weight[0, 0] = float("nan")
+        return model
+
+    monkeypatch.setattr(run, "fake_quantized", poisoned)
+    prompts = tmp_path / "eval_prompts.txt"
+    prompts.write_text("\n".join(prompt_set("held-out", 2)))
+    with pytest.raises(ValueError, match=r"the int4 model produced \d+ NaN / Inf values; the report is in"):
+        quantize(tiny_dir, Recipe.load("int4"), tmp_path / "art", tmp_path / "report", eval_prompts=str(prompts))
+    assert not (tmp_path / "art").exists()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["accuracy"]["non_finite"] > 0
+    assert all(s["non_finite"] > 0 and s["cosine_min"] is None for s in report["accuracy"]["per_step"])

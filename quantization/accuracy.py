@@ -48,7 +48,7 @@ class PairedStep:
         cache = {k.removeprefix("quantized_"): v for k, v in feeds.items() if k.startswith("quantized_")}
         actual = self.quantized.run({**feeds, **cache})["velocity"]
         figures = Comparison.of(actual, expected)
-        self.steps.append((figures.cosine, figures.rel_l2))
+        self.steps.append((figures.cosine, figures.rel_l2, figures.non_finite))
         return {"velocity": expected}
 
 
@@ -78,7 +78,7 @@ class Judge:
         self.reference = self.runtime.backend.reference("transformer")
         self.evaluation = evaluation
         self.fp32_images = self.images(self.reference)
-        self.fp32_adherence = _adherence_or_none(self.fp32_images, evaluation.prompts)
+        self.fp32_adherence = _adherence_or_none(self.fp32_images.pixels, evaluation.prompts)
 
     def _sessions(self, prefix, step) -> Sessions:
         return self.runtime.sessions.replacing(transformer_prefix=prefix, transformer_step=step)
@@ -86,10 +86,15 @@ class Judge:
     def images(self, transformer) -> np.ndarray:
         return self.images_of(*torch_sessions(transformer))
 
-    def images_of(self, prefix, step) -> np.ndarray:
-        """The evaluation's images with the transformer's prefix and step run by these sessions."""
+    def images_of(self, prefix, step) -> Images:
+        """The evaluation's images with the transformer's prefix and step run by these sessions;
+        a NaN or Inf is counted (and drawn black), not a reason to stop measuring."""
         sessions = self._sessions(prefix, step)
-        return np.concatenate([to_uint8(generate(r, self.runtime.facts, sessions)) for r in self.evaluation.requests])
+        raw = np.concatenate(
+            [generate(r, self.runtime.facts, sessions, check_finite=False) for r in self.evaluation.requests]
+        )
+        finite = np.isfinite(raw)
+        return Images(to_uint8(np.where(finite, raw, 0)), int(raw.size - finite.sum()))
 
     def per_step(self, transformer) -> list[dict]:
         return self.per_step_of(*torch_sessions(transformer))
@@ -101,26 +106,28 @@ class Judge:
         paired = PairedStep(ref_step, q_step)
         sessions = self._sessions(paired_prefix, paired)
         for request in self.evaluation.requests:
-            generate(request, self.runtime.facts, sessions)
+            generate(request, self.runtime.facts, sessions, check_finite=False)
         steps = len(paired.steps) // len(self.evaluation.requests)
-        by_step = np.array(paired.steps).reshape(len(self.evaluation.requests), steps, 2)
+        by_step = np.array(paired.steps).reshape(len(self.evaluation.requests), steps, 3)
         return [
             {
                 "step": i + 1,
-                "cosine_min": float(by_step[:, i, 0].min()),
-                "cosine_mean": float(by_step[:, i, 0].mean()),
-                "rel_error_mean": float(by_step[:, i, 1].mean()),
+                "cosine_min": _finite_or_none(by_step[:, i, 0].min()),
+                "cosine_mean": _finite_or_none(by_step[:, i, 0].mean()),
+                "rel_error_mean": _finite_or_none(by_step[:, i, 1].mean()),
+                "non_finite": int(by_step[:, i, 2].sum()),
             }
             for i in range(steps)
         ]
 
-    def image_figures(self, images: np.ndarray) -> dict:
+    def image_figures(self, images: Images) -> dict:
         prompts = self.evaluation.prompts
         return {
-            "psnr_db": psnr(images, self.fp32_images),
-            "ssim": ssim(images, self.fp32_images),
-            "adherence": _adherence_or_none(images, prompts),
+            "psnr_db": psnr(images.pixels, self.fp32_images.pixels),
+            "ssim": ssim(images.pixels, self.fp32_images.pixels),
+            "adherence": _adherence_or_none(images.pixels, prompts),
             "fp32_adherence": self.fp32_adherence,
+            "non_finite": images.non_finite,
         }
 
     def final_velocity_error(self, transformer, request: Request) -> float:
@@ -129,8 +136,21 @@ class Judge:
         q_prefix, q_step = torch_sessions(transformer)
         paired_prefix = PairedPrefix(ref_prefix, q_prefix)
         paired = PairedStep(ref_step, q_step)
-        generate(request, self.runtime.facts, self._sessions(paired_prefix, paired))
+        generate(request, self.runtime.facts, self._sessions(paired_prefix, paired), check_finite=False)
         return paired.steps[-1][1]
+
+
+@dataclass
+class Images:
+    """An evaluation's images as uint8, and how many values were NaN or Inf before conversion."""
+
+    pixels: np.ndarray  # [N, H, W, 4]
+    non_finite: int
+
+
+def _finite_or_none(value) -> float | None:
+    """A figure for JSON: NaN and Inf (a faulty model's) become null, counted beside it."""
+    return float(value) if np.isfinite(value) else None
 
 
 def _adherence_or_none(images, prompts):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from qiedge.core.files import write_atomic
 
 
 def _png(array: np.ndarray) -> str:
@@ -26,18 +27,19 @@ def heatmap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.stack([level, np.zeros_like(level), 255 - level], axis=-1)
 
 
-def write_report(folder: Path, record: dict, ranking: dict | None, judge, images: np.ndarray) -> None:
+def write_report(folder: Path, record: dict, ranking: dict | None, judge, images) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     data = {**record, "sensitivity": ranking}
-    (folder / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_atomic(folder / "report.json", json.dumps(data, indent=2) + "\n")
     a = record["accuracy"]
     rows = "".join(
         f"<tr><td>{html.escape(p)}</td><td><img src='{_png(f)}'></td><td><img src='{_png(q)}'></td>"
         f"<td><img src='{_png(heatmap(f, q))}'></td></tr>"
-        for p, f, q in zip(judge.evaluation.prompts, judge.fp32_images, images)
+        for p, f, q in zip(judge.evaluation.prompts, judge.fp32_images.pixels, images.pixels)
     )
     steps = "".join(
-        f"<tr><td>{s['step']}</td><td>{s['cosine_min']:.5f}</td><td>{s['rel_error_mean']:.4f}</td></tr>"
+        f"<tr><td>{s['step']}</td><td>{_figure(s['cosine_min'], '.5f')}</td>"
+        f"<td>{_figure(s['rel_error_mean'], '.4f')}</td><td>{s['non_finite']}</td></tr>"
         for s in a["per_step"]
     )
     layers = "".join(f"<tr><td>{html.escape(n)}</td><td>{e:.4f}</td></tr>" for n, e in (ranking or {}).items())
@@ -45,21 +47,23 @@ def write_report(folder: Path, record: dict, ranking: dict | None, judge, images
     def adherence(v):
         return "n/a" if v is None else f"{100 * v:.1f}%"
 
-    (
-        folder / "report.html"
-    ).write_text(f"""<!doctype html><meta charset="utf-8"><title>qiedge {record["format"]} report</title>
+    write_atomic(
+        folder / "report.html",
+        f"""<!doctype html><meta charset="utf-8"><title>qiedge {record["format"]} report</title>
 <style>body{{font-family:sans-serif}} img{{width:128px;image-rendering:pixelated}} td{{padding:2px 8px}}</style>
 <h1>{html.escape(record["recipe"]["name"])}: {record["format"]}</h1>
 <p>PSNR {a["psnr_db"]:.2f} dB, SSIM {a["ssim"]:.4f} against fp32; adherence {adherence(a["adherence"])}
 (fp32 {adherence(a["fp32_adherence"])}); {len(record["layers_quantized"])} layers quantized,
 {len(record["layers_high_precision"])} kept in high precision. Measured on {html.escape(a["measured_on"]["cpu"])},
 by {html.escape(a["measured_on"]["by"])}.</p>
+{_non_finite_line(a)}
 {_gpu_line(a.get("gpu"))}
 <h2>Per-step velocity along the fp32 trajectory</h2>
-<table><tr><th>step</th><th>cosine (min)</th><th>relative error (mean)</th></tr>{steps}</table>
+<table><tr><th>step</th><th>cosine (min)</th><th>relative error (mean)</th><th>NaN / Inf values</th></tr>{steps}</table>
 <h2>Images: fp32, {record["format"]}, difference</h2><table>{rows}</table>
 <h2>Per-layer sensitivity (final-velocity relative error, one layer quantized)</h2><table>{layers}</table>
-""")
+""",
+    )
 
 
 def _gpu_line(gpu: dict | None) -> str:
@@ -68,11 +72,29 @@ def _gpu_line(gpu: dict | None) -> str:
         return "<p>No GPU here: the figures above are the emulation's only.</p>"
     if "not_measured" in gpu:
         return f"<p>Not measured on the GPU: {html.escape(gpu['not_measured'])}</p>"
-    cosine = min(s["cosine_min"] for s in gpu["per_step"])
     return (
         f"<p>On {html.escape(gpu['device'])} ({html.escape(gpu['arithmetic'])}): PSNR {gpu['psnr_db']:.2f} dB, "
-        f"SSIM {gpu['ssim']:.4f}, lowest per-step velocity cosine {cosine:.5f}.</p>"
+        f"SSIM {gpu['ssim']:.4f}, lowest per-step velocity cosine {_figure(lowest_cosine(gpu['per_step']), '.5f')}.</p>"
     )
+
+
+def lowest_cosine(per_step: list[dict]) -> float | None:
+    """The lowest per-step velocity cosine; None where a step's cosine was NaN (counted there)."""
+    cosines = [s["cosine_min"] for s in per_step]
+    return None if None in cosines else min(cosines)
+
+
+def _figure(value: float | None, spec: str) -> str:
+    return "NaN / Inf" if value is None else format(value, spec)
+
+
+def _non_finite_line(accuracy: dict) -> str:
+    """A faulty quantization is measured to the end and its NaN / Inf counted, not stopped at."""
+    images = accuracy.get("non_finite", 0)
+    steps = sum(s["non_finite"] for s in accuracy["per_step"])
+    if not images and not steps:
+        return "<p>No NaN or Inf anywhere.</p>"
+    return f"<p><b>NaN / Inf: {steps} values in the velocities, {images} in the images</b> (drawn black).</p>"
 
 
 MOST_SENSITIVE_SHARE = 0.1

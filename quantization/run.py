@@ -146,6 +146,14 @@ def quantize(
         "accuracy": accuracy,
         **({"onnxruntime_int8": ONNXRUNTIME_INT8} if recipe.format == "int8" else {}),
     }
+    faults = accuracy["non_finite"] + sum(s["non_finite"] for s in accuracy["per_step"])
+    if faults:  # measured to the end and reported, but no artifacts of a model that makes NaN
+        where = "; the report is in " + str(report_dir) if report_dir is not None else " (pass --report to see where)"
+        if report_dir is not None:
+            from .report import write_report
+
+            write_report(Path(report_dir), record, ranking, judge, images)
+        raise ValueError(f"the {recipe.format} model produced {faults} NaN / Inf values{where}; nothing exported")
     log("exporting Q/DQ graphs")
     plan = QdqPlan(quants, recipe.format)
     extra = {"precision": recipe.format, "quantization": record}
@@ -157,8 +165,8 @@ def quantize(
         passes=[plan.as_pass(record), *([AttentionQdq(attention).as_pass()] if attention else [])],
         extra=extra,
         target_options=target_options,
+        extra_files={"recipe.json": recipe.to_json()},
     )
-    (Path(out) / "recipe.json").write_text(recipe.to_json())
     if report_dir is not None:
         from .report import write_report
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin
+from qiedge.core.files import sweep_stale, write_atomic
 
 MAX_INPUT_PIXELS = 8192 * 8192  # a condition image's size on disk, checked before it is decoded
 
@@ -57,12 +57,8 @@ def save_png(images: np.ndarray, out: Path, metadata: dict) -> list[Path]:
     for key, value in metadata.items():
         info.add_text(f"qiedge:{key}", str(value))
     for image, path in zip(images, paths):
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                Image.fromarray(image, "RGBA").save(file, format="PNG", pnginfo=info)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        sweep_stale(path)
+        encoded = io.BytesIO()
+        Image.fromarray(image, "RGBA").save(encoded, format="PNG", pnginfo=info)
+        write_atomic(path, encoded.getvalue())
     return paths

@@ -26,6 +26,7 @@ from qiedge.core.scheduler import model_timesteps, sigma_schedule
 from qiedge.core.tokenizer import PromptTokenizer
 from qiedge.core.units import MAX_SIDE, PIXELS_PER_SLOT, PIXELS_PER_TOKEN
 from qiedge.core.vision import (
+    MAX_ASPECT,
     VisionFacts,
     VisionInput,
     image_index,
@@ -86,10 +87,14 @@ class Request:
         if self.images and not PIXELS_PER_SLOT <= self.resolution <= MAX_SIDE:
             raise ValueError(f"resolution {self.resolution} must be {PIXELS_PER_SLOT}-{MAX_SIDE}")
         for image in self.images:
+            name = f"condition image {getattr(image, 'filename', '') or ''} is {image.width}x{image.height}"
             if image.width * image.height > MAX_INPUT_PIXELS:
+                raise ValueError(f"{name}, over {MAX_INPUT_PIXELS // 10**6} megapixels: downscale it first")
+            if max(image.width, image.height) > MAX_ASPECT * min(image.width, image.height):
+                raise ValueError(f"{name}: the vision tower takes aspect ratios up to {MAX_ASPECT}:1")
+            if min(condition_size(image, self.resolution)) < PIXELS_PER_SLOT:
                 raise ValueError(
-                    f"condition image {getattr(image, 'filename', '') or ''} is {image.width}x{image.height}, "
-                    f"over {MAX_INPUT_PIXELS // 10**6} megapixels: downscale it first"
+                    f"{name}: at --resolution {self.resolution} a side would be under {PIXELS_PER_SLOT} px"
                 )
         if self.cfg > 1 and self.negative_prompt is None:
             raise ValueError('--cfg above 1 needs a negative prompt (use " " for an empty one)')

@@ -81,6 +81,28 @@ def test_condition_images_refused_before_decoding(tmp_path, huge_image):
     text = tmp_path / "not-an-image.png"
     text.write_text("hello")
     refused(qiedge(*base, "--image", str(text)), "cannot identify image file")
+    long = tmp_path / "long.png"
+    Image.new("RGB", (2010, 10)).save(long)
+    refused(qiedge(*base, "--image", str(long)), "is 2010x10: the vision tower takes aspect ratios up to 200:1")
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (100, 1)).save(thin)
+    refused(qiedge(*base, "--image", str(thin), "--resolution", "64"), "a side would be under 32 px")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(small.read_bytes()[:-40])
+    refused(qiedge(*base, "--image", str(truncated)), f"condition image {truncated} cannot be read")
+
+
+@pytest.mark.parametrize("mode", ["1", "CMYK", "LA", "I", "F"])
+def test_one_pixel_images_of_every_mode_edit(tiny, tmp_path, mode):
+    """Modes the pipeline comparisons (parity_tests/test_vision_parity.py) do not cover, as 1x1
+    images: each converted to RGBA as the pipeline converts it, and edited."""
+    from qiedge.runtime.runner import open_runtime
+    from qiedge.runtime.sampler import Request, generate
+
+    image = Image.new(mode, (1, 1))
+    request = Request(["x"], width=32, height=32, images=[image], resolution=32)
+    runtime = open_runtime(model=tiny, backend="torch")
+    assert generate(request, runtime.facts, runtime.sessions).shape == (1, 32, 32, 4)
 
 
 def test_nan_weight_stops_the_run_naming_the_component(tiny, tmp_path):
@@ -193,7 +215,7 @@ def _not_json(copy, manifest):
         (_file_outside, "names '../x', outside the artifacts directory"),
         (_absolute_file, "names '/etc/hostname', outside the artifacts directory"),
         (_linked_out, "names 'tokenizer/tokenizer.json', outside the artifacts directory"),
-        (_tokenizer_edited, "the tokenizer: tokenizer/tokenizer.json does not match the sha256"),
+        (_tokenizer_edited, "tokenizer/tokenizer.json does not match the sha256"),
         (_graph_swapped, "transformer_step: the graph's inputs"),
         (_not_json, "is not a qiedge manifest"),
     ],

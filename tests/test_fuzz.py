@@ -231,3 +231,37 @@ def test_shard_index_cannot_point_outside_its_folder(tiny, tmp_path):
     (folder / "model.safetensors.index.json").write_text("[1]")
     with pytest.raises(ValueError, match="is not a safetensors index"):
         weight_files(folder)
+
+
+@pytest.fixture(scope="module")
+def coreml_artifacts(tiny, tmp_path_factory):
+    from qiedge.core.buckets import Size
+    from qiedge.export.run import export_artifacts
+
+    out = tmp_path_factory.mktemp("fuzz-coreml") / "art"
+    options = {"sizes": (Size(64, 32),), "prompt_lengths": (8,)}
+    export_artifacts(out, "coreml", model=ModelDir.open(tiny), components=["vae_decoder"], target_options=options)
+    return out
+
+
+def test_coreml_packages_with_their_hashes_rewritten(coreml_artifacts, tmp_path):
+    """A corrupt file in a Core ML package whose manifest hash was rewritten to match: loading the
+    saved program either works or is refused naming the package."""
+    from qiedge.core.files import sha256_file
+    from qiedge.runtime.backends.coreml import CoreMLBackend
+
+    copy = tmp_path / "art"
+    shutil.copytree(coreml_artifacts, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    files = manifest["components"]["vae_decoder"]["files"]
+    sources = {name: (copy / name).read_bytes() for name in files}
+    rng = random.Random(6)
+    for _ in range(CASES // 4):
+        name = rng.choice(sorted(files))
+        file, source = copy / name, sources[name]
+        file.write_bytes(truncated(source, rng) if rng.random() < 0.5 else flipped(source, rng))
+        files[name] = sha256_file(file)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        expect_clean(lambda: CoreMLBackend(Artifacts.open(copy), native=False).load("vae_decoder"), "vae_decoder")
+        file.write_bytes(source)
+        files[name] = sha256_file(file)

@@ -9,7 +9,7 @@ lets the parity checks and `generate` run on Linux.
 from __future__ import annotations
 
 import numpy as np
-from qiedge.core.artifacts import Artifacts
+from qiedge.core.artifacts import ArtifactError, Artifacts
 from qiedge.core.coreml import can_predict, coremltools, numpy_dtype
 
 from ..arrays import HOST
@@ -58,7 +58,10 @@ class CoreMLBackend:
         from ..coreml_program import Program
 
         if path not in self._programs:
-            self._programs[path] = Program.load(path)
+            try:
+                self._programs[path] = Program.load(path)
+            except Exception as e:  # a corrupt package fails inside coremltools' reader
+                raise ArtifactError(f"{path} cannot be read as an ML Program ({type(e).__name__}: {e})") from None
         return self._programs[path].run
 
     def _native(self, path, entry):
