@@ -118,10 +118,12 @@ def _rope_positions(is_image: np.ndarray, img_shapes: list[tuple[int, int, int]]
 
 
 def rope_inverse_frequencies(axis_dim: int) -> np.ndarray:
-    """[axis_dim // 2] float32, rounded exactly as diffusers' float32 `torch.pow` path rounds them.
+    """[axis_dim // 2] float32: the correctly rounded values diffusers' float32 `torch.pow` path means.
 
     NumPy's float32 `power` can differ from torch's by an ulp, and at position ~8000 an ulp of
-    frequency is ~1e-3 rad; a float64 power rounded once to float32 matches torch bit for bit.
+    frequency is ~1e-3 rad; a float64 power rounded once to float32 matches torch bit for bit where
+    torch's vectorized pow rounds correctly (its AVX-512 kernels), and to an ulp elsewhere (its AVX2
+    kernel rounds one value of 28 the other way).
     """
     exponents = np.arange(0, axis_dim, 2, dtype=np.float32) / np.float32(axis_dim)
     powers = (np.float64(ROPE_THETA) ** exponents.astype(np.float64)).astype(np.float32)
