@@ -8,7 +8,9 @@ Stages, each checked before the next (export/stages.py runs them):
    it), folding weight transposes into the stored layout on the way; none may stay unbound;
 3. optimize the graph structure (onnxscript; weights are never loaded for it), then the passes
    from outside (a quantized export's Q/DQ insertion, quantization/onnx_qdq.py);
-4. save, then `onnx.checker` and shape inference on the file.
+4. rewrite into ONNX Runtime's fused operators for the provider `--optimize` names
+   (export/onnx_fusions.py; the TensorRT target, which reads these graphs too, skips it);
+5. save, then `onnx.checker` and shape inference on the file.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import onnx_fusions
 from .specs import ComponentSpec, ModelConfigs, declared_shape, dynamic_shapes, trace_inputs
-from .stages import ExportError, GraphJob, Stage
+from .stages import ExportError, GraphJob, Stage, configure
 
 # Opset 18: torch's dynamo exporter targets it natively, and both ONNX Runtime and TensorRT 10's
 # ONNX parser read it.
@@ -206,10 +209,33 @@ def _save(job: GraphJob) -> None:
     save_and_check(job.graph, job.path, job.spec, job.configs)
 
 
+SAVE = Stage("save and check", _save)
+
+
+def build_stages(passes) -> list[Stage]:
+    """Every stage before the save, ONNX Runtime's fusions excepted: what the graph targets share.
+    Passes (Q/DQ insertion) run after the graph is optimized, which would otherwise fold small
+    dequantized weights back into floats."""
+    return [
+        Stage("trace", _trace, _check_interface),
+        Stage("bind weights", _bind, _check_bound),
+        Stage("optimize", _optimize),
+        *passes,
+    ]
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    optimize: str = "cpu"  # ONNX Runtime's provider whose fused operators the graphs use, or none
+
+    def check(self) -> None:
+        if self.optimize not in onnx_fusions.LEVELS:
+            raise ValueError(f"--optimize {self.optimize!r}: choose from {', '.join(onnx_fusions.LEVELS)}")
+
+
 class OnnxTarget:
-    """ONNX graphs with external weights, shared by the graphs of one folder. Passes (Q/DQ
-    insertion) run after the graph is optimized, which would otherwise fold small dequantized
-    weights back into floats."""
+    """ONNX graphs with external weights, shared by the graphs of one folder, rewritten into ONNX
+    Runtime's fused operators unless `--optimize none`."""
 
     name = "onnx"
     tools = ("torch", "onnx", "onnxscript", "onnxruntime", "transformers")
@@ -218,20 +244,21 @@ class OnnxTarget:
     components = None
     unsupported: dict[str, str] = {}
 
+    def __init__(self, options: OnnxOptions = OnnxOptions()):
+        self.options = options
+
     def configured(self, **options) -> OnnxTarget:
-        raise ValueError(f"the onnx target takes no options ({', '.join(options)} are another target's)")
+        return OnnxTarget(configure(self.name, self.options, options))
 
     def stages(self, passes) -> list[Stage]:
-        return [
-            Stage("trace", _trace, _check_interface),
-            Stage("bind weights", _bind, _check_bound),
-            Stage("optimize", _optimize),
-            *passes,
-            Stage("save and check", _save),
-        ]
+        return [*build_stages(passes), Stage("fuse for onnxruntime", self._fuse), SAVE]
+
+    def _fuse(self, job: GraphJob) -> None:
+        job.shared.setdefault("fused", {})[job.spec.name] = onnx_fusions.fuse(job.graph, self.options.optimize)
 
     def entry(self, job: GraphJob) -> dict:
-        return {"opset": OPSET}
+        fused = job.shared["fused"][job.spec.name]
+        return {"opset": OPSET, "optimization": {"level": self.options.optimize, "fused": fused}}
 
     def files(self, root: Path, entry: dict) -> list[Path]:
         graph = root / entry["graph"]

@@ -98,11 +98,10 @@ class TensorRTTarget:
         return TensorRTTarget(configure(self.name, self.options, options))
 
     def stages(self, passes) -> list[Stage]:
-        *build, save = onnx.TARGET.stages(passes)
         return [
-            *build,
+            *onnx.build_stages(passes),
             Stage("fp32 islands", _islands),
-            save,
+            onnx.SAVE,
             Stage("profile", self._profile, self._check_tensorrt),
         ]
 

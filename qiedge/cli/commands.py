@@ -58,6 +58,7 @@ def cmd_generate(args) -> None:
     from qiedge.runtime.progress import step_progress
     from qiedge.runtime.runner import open_runtime
     from qiedge.runtime.sampler import Request, generate, schedule_for, to_uint8
+    from qiedge.runtime.tiled_vae import tiling_for
 
     request = Request(
         prompts=[args.prompt] * args.batch,
@@ -71,6 +72,7 @@ def cmd_generate(args) -> None:
         resolution=args.resolution,
     )
     request.validate()
+    tiling = tiling_for(args.vae_tile) if args.vae_tile is not None else None
     check_output(Path(args.out), args.batch)
     model = args.model or (None if args.artifacts else default_model_dir())
     start = time.perf_counter()
@@ -81,6 +83,7 @@ def cmd_generate(args) -> None:
         encoder_backend=args.encoder_backend,
         threads=args.threads,
         request=request,
+        vae_tiling=tiling,
         **_precision_options(args, model),
     )
     _announce(args, runtime)
@@ -208,6 +211,7 @@ def _target_options(args) -> dict:
 
     parse = {"sizes": parse_sizes, "prompt_lengths": parse_lengths, "max_chunk_mb": float}
     names = (
+        "optimize",
         *("deployment_target", "compute_units", "sizes", "prompt_lengths", "compress", "max_chunk_mb"),
         *("device", "trt", "max_batch", "static", "build", "opt_level", "timing_cache", "weight_streaming"),
     )
@@ -360,6 +364,7 @@ def cmd_quantize(args) -> None:
         report_dir=args.report,
         target_psnr=args.target_psnr,
         log=log,
+        target_options={"optimize": args.optimize},
     )
     a = record["accuracy"]
     adherence = (

@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     p.add_argument(
+        "--vae-tile",
+        type=int,
+        help="decode in tiles of this many px a side (a multiple of 64), a quarter overlapping and blended as "
+        "diffusers' enable_tiling() blends them: bounds the VAE's memory at large sizes",
+    )
+    p.add_argument(
         "--precision",
         choices=("bf16", "fp8", "int8"),
         help="--backend cuda only: bf16 (default), or the transformer's recipe layers on real FP8 / INT8 matmuls "
@@ -78,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("fp32", "fp16", "bf16", "int8", "fp8", "int4"),
         help="default: fp32 for onnx, fp16 for coreml and tensorrt; bf16 and the quantized ones: tensorrt "
         "(int8 / fp8 / int4 calibrate the shipped recipe on --model)",
+    )
+    p.add_argument(
+        "--optimize",
+        choices=("cpu", "gpu", "none"),
+        help="--target onnx: rewrite into ONNX Runtime's fused operators for its CPU (the default) or CUDA provider",
     )
     shapes = p.add_argument_group("shapes (--target coreml: one function each; tensorrt: the profile's range)")
     shapes.add_argument("--sizes", help="image sizes WxH[,WxH...] (default 1024x1024)")
@@ -170,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--report", help="write report.json and report.html here")
     p.add_argument("--target-psnr", type=float, help="keep the most sensitive layers in high precision until reached")
+    p.add_argument(
+        "--optimize", choices=("cpu", "gpu", "none"), default="cpu", help="ONNX Runtime's fused operators (as export)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=c.cmd_quantize)
 
