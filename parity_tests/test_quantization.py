@@ -73,7 +73,7 @@ def _quantize_every_block(fmt, tiny_dir, model, out) -> Quantized:
         log=lambda m: None,
     )
     out = out / "artifacts"
-    calibration = None if fmt == "int4" else calibrate(tiny_dir, recipe)
+    calibration = calibrate(tiny_dir, recipe) if recipe.calibrated else None
     reference = model.load_transformer()
     quants = layer_quants(reference, recipe, calibration, record["layers_quantized"])
     attention = attention_quants(reference, recipe, calibration) if calibration else {}
@@ -86,28 +86,33 @@ def _quantize_every_block(fmt, tiny_dir, model, out) -> Quantized:
     return Quantized(out, record, cases)
 
 
-@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4", "fp8-attention"])
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4", "fp8-attention", "int8-dynamic"])
 def test_qdq_graph_equals_the_fake_quant_model(fmt, quantized, model):
     q = quantized(fmt)
     assert len(q.record["layers_quantized"]) == 7 * model.transformer.num_layers
     attention = len(q.record["attention_fp8"])
     assert attention == (model.transformer.num_layers if fmt == "fp8-attention" else 0)
     manifest = Artifacts.open(q.out).manifest
-    assert manifest["components"]["transformer_step"]["precision"] == fmt.removesuffix("-attention")
+    precision = Recipe.load(fmt).format
+    assert manifest["components"]["transformer_step"]["precision"] == precision
     assert manifest["quantization"]["scales_hash"] == q.record["scales_hash"]
     assert manifest["quantization"]["accuracy"]["measured_on"]["cpu"] == detect().summary()
     kernels = manifest["quantization"].get("onnxruntime_int8", {}).get("where_u8s8_kernels_saturate", {})
-    assert kernels.get("session_config") == (ort_int8.EXACT_KERNELS if fmt == "int8" else None)
+    assert kernels.get("session_config") == (ort_int8.EXACT_KERNELS if precision == "int8" else None)
 
     import onnx
 
     graph = onnx.load(str(q.out / "transformer" / "step.onnx"), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
     layers = len(q.record["layers_quantized"])
-    weight_only = fmt == "int4"
+    weight_only, dynamic = fmt == "int4", fmt == "int8-dynamic"
     # FP8 attention: q, k, the probabilities and v, each through its own Q/DQ.
-    assert ops.count("QuantizeLinear") == (0 if weight_only else layers) + 4 * attention
-    assert ops.count("DequantizeLinear") == (1 if weight_only else 2) * layers + 4 * attention
+    assert ops.count("QuantizeLinear") == (0 if weight_only or dynamic else layers) + 4 * attention
+    assert ops.count("DequantizeLinear") == (0 if dynamic else 1 if weight_only else 2) * layers + 4 * attention
+    assert ops.count("DynamicQuantizeLinear") == ops.count("MatMulInteger") == (layers if dynamic else 0)
+    # ONNX Runtime's fused attention, except where FP8 attention keeps its Q/DQ pattern for TensorRT.
+    fused = manifest["components"]["transformer_step"]["optimization"]["fused"]
+    assert (fused["attention"], ops.count("Softmax")) == (model.transformer.num_layers - attention, attention)
 
     onnx = cached_step_velocities(OnnxRuntimeBackend(Artifacts.open(q.out)), [(p, f) for p, f, _ in q.cases])
     for actual, (_, _, expected) in zip(onnx, q.cases):

@@ -12,7 +12,7 @@ from torch import nn
 
 from .calibrate import Calibration
 from .recipe import Recipe
-from .scales import LayerQuant, attention_scales, fake_quant, layer_quant
+from .scales import LayerQuant, attention_scales, dynamic_fake_quant, fake_quant, layer_quant
 
 
 class QuantLinear(nn.Module):
@@ -21,13 +21,15 @@ class QuantLinear(nn.Module):
         self.register_buffer("weight", quant.dequantized(linear.weight, fmt))
         smooth = quant.smooth
         self.register_buffer("inv_smooth", None if smooth is None else 1 / torch.from_numpy(smooth))
-        self.act_scale, self.fmt = quant.act_scale, fmt
+        self.act_scale, self.dynamic, self.fmt = quant.act_scale, quant.dynamic, fmt
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inv_smooth is not None:
             x = x * self.inv_smooth
         if self.act_scale is not None:
             x = fake_quant(x, self.act_scale, self.fmt)
+        elif self.dynamic:
+            x = dynamic_fake_quant(x)
         return F.linear(x, self.weight)
 
 

@@ -4,7 +4,8 @@ reads (and ONNX Runtime's CPU provider runs):
     x -> [Mul 1/s] -> QuantizeLinear(a_scale) -> DequantizeLinear(a_scale) -> MatMul
     W (int8 / float8e4m3fn, stored quantized) -> DequantizeLinear(w_scale, axis=1) -^
 
-Weight-only INT4 keeps the activations in float and dequantizes blocks of G input channels
+Dynamic INT8 (ONNX Runtime only) quantizes the activations at run time instead: see
+`_dynamic_matmul`. Weight-only INT4 keeps the activations in float and dequantizes blocks of G input channels
 (opset 21's blocked DequantizeLinear). Weights are quantized tensor by tensor while they stream
 into the external-data file (the export pass's weight hook), their scales computed from the
 tensor right there, so the 7B graph never needs the model in memory.
@@ -132,6 +133,12 @@ def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) ->
             matmul.replace_input_with(1, w_dq.outputs[0])
             count += 1
             continue
+        if quant.dynamic:
+            if float_dtype != np.float32:
+                raise ValueError("dynamic int8 graphs are fp32 (DynamicQuantizeLinear reads float32)")
+            _dynamic_matmul(graph, matmul, weight, weight_scale, const)
+            count += 1
+            continue
         zp = _zero_point(plan.fmt)
         axis = 1 if quant.granularity == "per-channel" else None
         w_scale = weight_scale.astype(float_dtype)
@@ -158,3 +165,20 @@ def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) ->
         count += 1
     model.opset_imports[""] = plan.opset
     return count
+
+
+def _dynamic_matmul(graph, matmul, weight, weight_scale: np.ndarray, const) -> None:
+    """Replace MatMul(x, W) by ONNX Runtime's dynamic int8 pattern, which it fuses into one
+    DynamicQuantizeMatMul: x quantized to uint8 over its own range at run time, a uint8 x int8
+    MatMulInteger, the int32 sums scaled back by the activation's and the weight's scales."""
+    import onnx_ir as ir
+
+    quantize = ir.node("DynamicQuantizeLinear", [matmul.inputs[0]], num_outputs=3)
+    x_q, x_scale, x_zero = quantize.outputs
+    sums = ir.node("MatMulInteger", [x_q, weight, x_zero])
+    widened = ir.node("Cast", [sums.outputs[0]], attributes={"to": ir.DataType.FLOAT})
+    scales = ir.node("Mul", [x_scale, const("w_scale", weight_scale.astype(np.float32))])
+    scaled = ir.node("Mul", [widened.outputs[0], scales.outputs[0]])
+    graph.insert_before(matmul, [quantize, sums, widened, scales, scaled])
+    matmul.outputs[0].replace_all_uses_with(scaled.outputs[0])
+    graph.remove(matmul, safe=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RECIPES = {
     "int8": HERE / "recipes" / "int8_smoothquant.json",
+    "int8-dynamic": HERE / "recipes" / "int8_dynamic.json",
     "fp8": HERE / "recipes" / "fp8_e4m3.json",
     "fp8-attention": HERE / "recipes" / "fp8_e4m3_attention.json",
     "int4": HERE / "recipes" / "int4_weight_only.json",
@@ -51,7 +52,9 @@ class Recipe:
     name: str
     format: str
     weights: str = "per-channel"  # or per-tensor, or per-group (int4)
-    activations: str = "per-tensor"  # or none (int4: weight-only)
+    # per-tensor (static, calibrated), dynamic (int8: per tensor at run time, as ONNX Runtime's
+    # DynamicQuantizeLinear does), or none (int4: weight-only)
+    activations: str = "per-tensor"
     group_size: int | None = None  # int4: 32, 64 or 128 input channels per scale
     calibration: str = "max"  # or "percentile:P"
     smoothquant_alpha: float | None = None
@@ -66,8 +69,10 @@ class Recipe:
         if self.format == "int4":
             if self.weights != "per-group" or self.activations != "none" or self.group_size not in (32, 64, 128):
                 raise ValueError("int4 is weight-only, per-group with group_size 32, 64 or 128")
-        elif self.weights not in ("per-channel", "per-tensor") or self.activations != "per-tensor":
-            raise ValueError("int8/fp8 weights are per-channel or per-tensor; activations per-tensor")
+        elif self.weights not in ("per-channel", "per-tensor") or self.activations not in ("per-tensor", "dynamic"):
+            raise ValueError("int8/fp8 weights are per-channel or per-tensor; activations per-tensor or dynamic")
+        if self.activations == "dynamic" and (self.format != "int8" or self.smoothquant_alpha is not None):
+            raise ValueError("dynamic activations are int8 without SmoothQuant (nothing is calibrated)")
         if self.attention not in ("high", "fp8") or (self.attention == "fp8" and self.format != "fp8"):
             raise ValueError(f"attention is high, or fp8 in an fp8 recipe; got {self.attention} in {self.format}")
         if self.calibration != "max" and not self.calibration.startswith("percentile:"):
@@ -86,6 +91,11 @@ class Recipe:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether activation ranges are calibrated (static scales), so calibration must run."""
+        return self.activations == "per-tensor"
 
     @property
     def percentile(self) -> float | None:

@@ -83,6 +83,8 @@ def _on_gpu(judge: Judge, model_path, quants: dict, recipe: Recipe, log) -> dict
         return {}
     if recipe.activations == "none":
         return {"gpu": {"not_measured": "weight-only: the cuda backend has no real int4 matmul path"}}
+    if recipe.activations == "dynamic":
+        return {"gpu": {"not_measured": "dynamic activations: the cuda backend's real matmuls take static scales"}}
     log(f"measuring real {recipe.format} matmuls on {torch.cuda.get_device_name()}")
     try:
         return {"gpu": on_device(judge, model_path, quants, recipe.format)}
@@ -105,12 +107,14 @@ def quantize(
     from qiedge.export.run import export_artifacts
 
     model = ModelDir.open(model_path)
-    if recipe.activations != "none":
+    if recipe.activations == "dynamic" and target != "onnx":
+        raise ValueError(f"recipe {recipe.name} (dynamic activations) runs on ONNX Runtime: use --target onnx")
+    if recipe.calibrated:
         log(
             f"calibrating on {len(recipe.calibration_set.prompt_list())} prompts "
             f"({', '.join(recipe.calibration_set.trajectories)})"
         )
-    calibration = calibrate(model.path, recipe) if recipe.activations != "none" else None
+    calibration = calibrate(model.path, recipe) if recipe.calibrated else None
     judge = Judge(model.path, Evaluation.on(prompt_set(eval_prompts, EVAL_PROMPTS), EVAL_SIZE))
     all_layers = list(linear_layers(judge.reference))
     layers = recipe.quantized_layers(all_layers, model.transformer.num_layers)

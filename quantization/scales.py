@@ -22,8 +22,9 @@ class QuantizedWeight:
 @dataclass(frozen=True)
 class LayerQuant:
     smooth: np.ndarray | None  # [in]: x is divided by it, the weight's columns multiplied
-    act_scale: float | None  # None: weight-only
+    act_scale: float | None  # None: weight-only, or dynamic
     granularity: str = "per-channel"  # per-channel, per-tensor or group:G
+    dynamic: bool = False  # activations quantized per tensor at run time (uint8, asymmetric)
     # [out], [1] or [out, in/G]: computed once from the weight by `layer_quant`; None where the
     # weight is not at hand when the plan is made (the 7B export), so it comes from the weight as it streams.
     weight_scale: np.ndarray | None = None
@@ -75,6 +76,8 @@ def layer_quant(name: str, weight: torch.Tensor, calibration: Calibration | None
 def _activation_quant(name: str, weight: torch.Tensor, calibration: Calibration | None, recipe: Recipe) -> LayerQuant:
     if recipe.activations == "none":
         return LayerQuant(smooth=None, act_scale=None, granularity=f"group:{recipe.group_size}")
+    if recipe.activations == "dynamic":
+        return LayerQuant(smooth=None, act_scale=None, granularity=recipe.weights, dynamic=True)
     stats = calibration.layers[name]
     w = weight.detach().float()
     qmax = QMAX[recipe.format]
@@ -97,6 +100,17 @@ def _activation_quant(name: str, weight: torch.Tensor, calibration: Calibration 
 def attention_scales(calibration: Calibration, modules: list[str]) -> dict[str, tuple[float, float, float]]:
     """FP8 scales of q, k and v (as the attention's matmuls read them) for each of `modules`."""
     return {name: tuple(max(m, 1e-8) / QMAX["fp8"] for m in calibration.attention[name]) for name in modules}
+
+
+def dynamic_fake_quant(x: torch.Tensor) -> torch.Tensor:
+    """Quantize-dequantize as ONNX's DynamicQuantizeLinear does: uint8 over the range of the whole
+    tensor widened to hold 0, zero point rounded half to even, then back to float."""
+    xf = x.float()
+    low, high = xf.min().clamp(max=0), xf.max().clamp(min=0)
+    scale = ((high - low) / 255).clamp(min=torch.finfo(torch.float32).tiny)
+    zero = (-low / scale).round().clamp(0, 255)
+    q = ((xf / scale).round() + zero).clamp(0, 255)
+    return ((q - zero) * scale).to(x.dtype)
 
 
 def fake_quant(x: torch.Tensor, scale: float, fmt: str) -> torch.Tensor:
