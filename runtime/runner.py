@@ -9,10 +9,12 @@ from qiedge.core.artifacts import Artifacts, ModelFacts
 from qiedge.core.units import PIXELS_PER_TOKEN
 
 from . import auto, ort_int8
+from .arrays import HOST
 from .auto import BACKENDS
 from .backends import REGISTRY, Backend, backend_for, open_backend
 from .hardware import detect
 from .sampler import TEXT_TO_IMAGE, Request, Sessions, schedule_for
+from .tiled_vae import TiledDecoder, Tiling
 
 
 @dataclass
@@ -82,14 +84,15 @@ def open_runtime(
     encoder_backend: str | None = None,
     threads: int | None = None,
     request: Request | None = None,
+    vae_tiling: Tiling | None = None,
     **options,
 ) -> Runtime:
     """Sessions for one generate: the transformer, VAE and encoder each on the backend asked for.
 
     `auto` (the default) runs `--artifacts` on their target's backend, and a `--model` on the torch path
     that is fastest on this CPU for a job of `request`'s size. Editing on graphs needs the
-    vision tower's and the VAE encoder's. `options` go to the backend (the cuda backend's
-    precision and quantizer).
+    vision tower's and the VAE encoder's. `vae_tiling` decodes large images tile by tile
+    (runtime/tiled_vae.py). `options` go to the backend (the cuda backend's precision and quantizer).
     """
     from qiedge.reference_model.model_dir import ModelDir
 
@@ -112,6 +115,10 @@ def open_runtime(
     sessions = Sessions(encode, main.load, arrays=main.arrays)
     for component in TEXT_TO_IMAGE:  # verified and loaded now, so a bad artifact fails before sampling
         sessions[component]
+    if vae_tiling is not None:
+        if main.arrays is not HOST:
+            raise ValueError(f"--vae-tile runs on the CPU backends' arrays, not {choice.backend}'s")
+        sessions = sessions.replacing(vae_decoder=TiledDecoder(sessions["vae_decoder"], vae_tiling))
     source, source_hash = (
         (str(store.path), store.manifest["source"]["model_hash"])
         if store

@@ -57,6 +57,8 @@ def huge_image(tmp_path_factory) -> Path:
         (["--width", "100"], "width 100 must be a multiple of 32"),
         (["--out", "missing/dir/x.png"], "does not exist"),
         (["--out", "x.jpg"], "output must be a .png file"),
+        (["--vae-tile", "100"], "--vae-tile 100: a multiple of 64 px from 128 to 2048"),
+        (["--vae-tile", "4096"], "--vae-tile 4096: a multiple of 64 px from 128 to 2048"),
     ],
 )
 def test_generate_refuses_before_loading(tmp_path, args, needle):

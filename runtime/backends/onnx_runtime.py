@@ -32,8 +32,14 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     arrays = HOST
 
-    def __init__(self, artifacts: Artifacts, threads: int | None = None, providers: list[str] | None = None):
-        self.artifacts, self.threads = artifacts, threads
+    def __init__(
+        self,
+        artifacts: Artifacts,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        arena: bool = True,
+    ):
+        self.artifacts, self.threads, self.arena = artifacts, threads, arena
         self.providers = providers or ["CPUExecutionProvider"]
 
     def load(self, component: str) -> Session:
@@ -43,6 +49,8 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads
+        # The arena keeps freed blocks for reuse (faster); without it memory goes back as it is freed.
+        options.enable_cpu_mem_arena = self.arena
         options.log_severity_level = 3
         for key, value in ort_int8.session_config(self.artifacts.component(component)["precision"]).items():
             options.add_session_config_entry(key, value)

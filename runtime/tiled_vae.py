@@ -1,0 +1,87 @@
+"""The VAE decoder in overlapping tiles, blended as diffusers' `enable_tiling()` blends them
+(`AutoencoderKLQwenImage21.tiled_decode`), so a large image needs one tile's activations at a time.
+
+Tiles start every `stride` latent rows and columns and span `tile`; each decoded tile is blended
+linearly into the one above and the one to its left over the overlap, then cropped to the stride.
+The decoder graph clamps each tile to [-1, 1] before the blend, diffusers after it: the two differ
+only where an overlap's value lies outside [-1, 1] in one tile and not in the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from qiedge.core.units import PIXELS_PER_TOKEN
+
+
+@dataclass(frozen=True)
+class Tiling:
+    tile: int  # latent rows and columns per tile
+    stride: int  # latent rows and columns between tile starts
+
+    def __post_init__(self):
+        if not 0 < self.stride <= self.tile:
+            raise ValueError(f"VAE tiles: stride {self.stride} must be in 1..{self.tile} (the tile)")
+
+
+def tiling_for(pixels: int) -> Tiling:
+    """Tiles of `pixels` a side, a quarter of them overlapping (diffusers' 256 / 192 proportion)."""
+    if pixels % 64 or not 128 <= pixels <= 2048:
+        raise ValueError(f"--vae-tile {pixels}: a multiple of 64 px from 128 to 2048")
+    tile = pixels // PIXELS_PER_TOKEN
+    return Tiling(tile, tile * 3 // 4)
+
+
+class TiledDecoder:
+    """A `vae_decoder` session that decodes latents larger than one tile tile by tile."""
+
+    def __init__(self, session, tiling: Tiling):
+        self.session, self.tiling = session, tiling
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        latents = feeds["latents"]
+        _, _, height, width = latents.shape
+        tile, stride = self.tiling.tile, self.tiling.stride
+        if height <= tile and width <= tile:
+            return self.session.run(feeds)
+        rows = [
+            [self._decode(latents[:, :, i : i + tile, j : j + tile]) for j in range(0, width, stride)]
+            for i in range(0, height, stride)
+        ]
+        blend, keep = PIXELS_PER_TOKEN * (tile - stride), PIXELS_PER_TOKEN * stride
+        out_rows = []
+        for i, row in enumerate(rows):
+            kept = []
+            for j, decoded in enumerate(row):
+                if i > 0:
+                    decoded = _blend(rows[i - 1][j], decoded, blend, axis=2)
+                if j > 0:
+                    decoded = _blend(row[j - 1], decoded, blend, axis=3)
+                row[j] = decoded
+                kept.append(decoded[:, :, :keep, :keep])
+            out_rows.append(np.concatenate(kept, axis=3))
+        image = np.concatenate(out_rows, axis=2)[:, :, : height * PIXELS_PER_TOKEN, : width * PIXELS_PER_TOKEN]
+        return {"image": np.ascontiguousarray(image)}
+
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        return self.session.run({"latents": np.ascontiguousarray(latents)})["image"]
+
+
+def _blend(before: np.ndarray, tile: np.ndarray, extent: int, axis: int) -> np.ndarray:
+    """`tile` with its first `extent` rows (axis 2) or columns (axis 3) faded in from the end of
+    `before`: diffusers' blend_v / blend_h, weights y / extent in float32."""
+    extent = min(before.shape[axis], tile.shape[axis], extent)
+    if extent == 0:
+        return tile
+    shape = [1, 1, 1, 1]
+    shape[axis] = extent
+    ramp = np.arange(extent, dtype=np.float64) / extent  # Python floats there, rounded to float32 per term
+    fade_in, fade_out = (w.astype(np.float32).reshape(shape) for w in (ramp, 1 - ramp))
+    head = np.take(tile, range(extent), axis=axis)
+    tail = np.take(before, range(before.shape[axis] - extent, before.shape[axis]), axis=axis)
+    blended = tile.copy()
+    index = [slice(None)] * 4
+    index[axis] = slice(0, extent)
+    blended[tuple(index)] = tail * fade_out + head * fade_in
+    return blended
