@@ -45,13 +45,31 @@ def model_dir(preset: str, seed: int = 0) -> Path:
     return path
 
 
-def artifacts(model: Path, precision: str) -> Path:
+def artifacts(model: Path, precision: str, optimize: str = "cpu") -> Path:
+    """ONNX artifacts of a model, exported once and cached (`optimize`: ONNX Runtime's fusions)."""
     from qiedge.export.run import export_artifacts
     from qiedge.reference_model.model_dir import ModelDir
 
-    path = CACHE / f"{model.name}-onnx-{precision}"
+    path = CACHE / f"{model.name}-onnx-{precision}-{optimize}"
     if not (path / "manifest.json").is_file():
-        export_artifacts(path, precision=precision, model=ModelDir.open(model))
+        options = {"optimize": optimize}
+        export_artifacts(path, precision=precision, model=ModelDir.open(model), target_options=options)
+    return path
+
+
+def quantized(model: Path, recipe_name: str, log=print) -> Path:
+    """Quantized ONNX artifacts of a model (fused for ONNX Runtime's CPU), made once and cached;
+    calibrated on 8 of the shipped prompts, one of them on the CFG path, to keep the bench short."""
+    from dataclasses import replace
+
+    from qiedge.quantization.recipe import Recipe
+    from qiedge.quantization.run import quantize
+
+    path = CACHE / f"{model.name}-onnx-{recipe_name}"
+    if not (path / "manifest.json").is_file():
+        recipe = Recipe.load(recipe_name)
+        recipe = replace(recipe, calibration_set=replace(recipe.calibration_set, count=8, cfg_prompts=1))
+        quantize(model, recipe, path, log=log)
     return path
 
 

@@ -1,6 +1,12 @@
 """End-to-end text-to-image latency on the CPU: diffusers' QwenImage21Pipeline (eager fp32 and
 bf16) against every qiedge path, same weights, same seed, in one run. Prints Markdown tables.
 
+The ONNX Runtime paths: `onnxruntime` the graphs as exported (`--optimize none`), `-opt` with ONNX
+Runtime's fused attention (the default export), `-int8` the static Q/DQ recipe (SmoothQuant, as
+TensorRT reads it), `-int8-dynamic` int8 weights with activations quantized at run time (fused
+DynamicQuantizeMatMul), `-int4` weight-only 4-bit (ONNX Runtime fuses its blocked DQ + MatMul into
+MatMulNBits); the quantized ones fused as `-opt`.
+
     python bench/e2e.py --preset small --size 512 --runs 5
 
 Also reports each path's final-image PSNR against fp32, time per component, and the runtime's
@@ -17,7 +23,7 @@ import time
 from collections import defaultdict
 
 import numpy as np
-from common import artifacts, machine_header, median_seconds, model_dir, table
+from common import artifacts, machine_header, median_seconds, model_dir, quantized, table
 from qiedge.runtime.backends import REGISTRY
 
 PROMPT = "a red circle on the left on a blue background"
@@ -99,7 +105,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
-        "--paths", default="diffusers-fp32,diffusers-bf16,torch,torch-compile,torch-bf16,onnxruntime,auto"
+        "--paths",
+        default="diffusers-fp32,diffusers-bf16,torch,torch-compile,torch-bf16,onnxruntime,onnxruntime-opt,"
+        "onnxruntime-int8,onnxruntime-int8-dynamic,onnxruntime-int4,auto",
     )
     args = parser.parse_args()
 
@@ -114,7 +122,14 @@ def main() -> None:
             for name, entry in REGISTRY.items()
             if entry.needs == "model"
         },
-        "onnxruntime": lambda: qiedge_path(model, "onnxruntime", request, artifacts(model, "fp32")),
+        "onnxruntime": lambda: qiedge_path(model, "onnxruntime", request, artifacts(model, "fp32", "none")),
+        "onnxruntime-opt": lambda: qiedge_path(model, "onnxruntime", request, artifacts(model, "fp32")),
+        **{
+            f"onnxruntime-{recipe}": (
+                lambda recipe=recipe: qiedge_path(model, "onnxruntime", request, quantized(model, recipe))
+            )
+            for recipe in ("int8", "int8-dynamic", "int4")
+        },
         "auto": lambda: qiedge_path(model, "auto", request),
     }
     results = {}

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-from dataclasses import replace
 
 import numpy as np
-from common import CACHE, artifacts, machine_header, median_seconds, model_dir, table
+from common import artifacts, machine_header, median_seconds, model_dir, quantized, table
 
 
 def main() -> None:
@@ -22,8 +21,6 @@ def main() -> None:
     from qiedge.core.layout import build_layout, transformer_feeds
     from qiedge.core.metrics import Comparison
     from qiedge.core.units import PIXELS_PER_TOKEN
-    from qiedge.quantization.recipe import Recipe
-    from qiedge.quantization.run import quantize
     from qiedge.runtime import ort_int8
     from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
 
@@ -33,14 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     print(machine_header(), flush=True)
     model = model_dir("small")
-    paths = {"fp32": artifacts(model, "fp32")}
-    for fmt in ("int8", "fp8"):
-        out = CACHE / f"{model.name}-onnx-{fmt}"
-        if not (out / "manifest.json").is_file():
-            recipe = Recipe.load(fmt)
-            recipe = replace(recipe, calibration_set=replace(recipe.calibration_set, count=8, cfg_prompts=1))
-            quantize(model, recipe, out, log=print)
-        paths[fmt] = out
+    paths = {"fp32": artifacts(model, "fp32"), **{fmt: quantized(model, fmt) for fmt in ("int8", "fp8")}}
 
     facts = Artifacts.open(paths["fp32"]).facts
     h = w = args.size // PIXELS_PER_TOKEN
