@@ -181,7 +181,8 @@ def test_export_refuses_bad_requests(tiny, tmp_path):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--sizes", "64x64"], "the onnx target takes no options (sizes are another target's)"),
+        (["--sizes", "64x64"], "the onnx target takes no --sizes"),
+        (["--optimize", "cpu", "--target", "tensorrt"], "the tensorrt target takes no --optimize"),
         (["--target", "coreml", "--sizes", "64x65"], "sides must be multiples of 32"),
         (["--target", "coreml", "--prompt-lengths", "a,b"], "must be comma-separated token counts"),
         (["--target", "coreml", "--deployment-target", "iOS17", "--sizes", "64x64,96x64"], "no multifunction"),
