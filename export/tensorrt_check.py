@@ -91,12 +91,23 @@ def check_model(model, table: Table, base_dir: Path | None = None) -> list[str]:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     low, high = table.opsets
     problems = [] if opset is not None and low <= opset <= high else [f"opset {opset} is outside {low}-{high}"]
-    for node in graph.node:
+    for node in _nodes(graph):
         where = f"{node.op_type} {node.name or node.output[0]}"
         problems += _operator(node, where, table, types, constants)
         if node.op_type in QDQ:
             problems += _qdq(node, where, types, constants, producers, consumers, base_dir)
     return [f"TensorRT {table.tensorrt}: {p}" for p in problems]
+
+
+def _nodes(graph):
+    """Every node of the graph and of its subgraphs (If branches, loop bodies): TensorRT parses them all."""
+    import onnx
+
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _nodes(attribute.g)
 
 
 def _types(graph) -> dict[str, str]:

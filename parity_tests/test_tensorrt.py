@@ -125,9 +125,19 @@ def test_quantized_graphs_pass_the_tables_whose_opset_holds_them(trt_quantized, 
             )
 
 
-def test_onnx_target_graphs_pass_too(onnx_fp32):
-    for graph in _graphs(onnx_fp32):
+def test_onnx_target_graphs_pass_unfused_and_fused_ones_are_refused(onnx_fp32, tiny_dir, tmp_path):
+    """`--optimize none` writes standard ONNX that TensorRT reads; the default fused graphs hold
+    ONNX Runtime's own MultiHeadAttention, which the checker names."""
+    from qiedge.export.run import export_artifacts
+    from qiedge.reference_model.model_dir import ModelDir
+
+    components = ["transformer_step", "vae_decoder"]
+    options = {"optimize": "none"}
+    export_artifacts(tmp_path / "art", model=ModelDir.open(tiny_dir), components=components, target_options=options)
+    for graph in _graphs(tmp_path / "art"):
         assert tensorrt_check.check_file(graph, VERSIONS[-1]) == [], graph
+    fused = tensorrt_check.check_file(onnx_fp32 / "transformer" / "step.onnx", VERSIONS[-1])
+    assert fused and any("MultiHeadAttention" in problem for problem in fused)
 
 
 def test_fp16_graphs_keep_norms_softmax_and_angles_in_fp32(trt_fp16):
