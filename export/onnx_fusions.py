@@ -37,7 +37,9 @@ def fuse(model, level: str) -> dict[str, int]:
         raise ValueError(f"optimization level {level!r}: choose from {', '.join(LEVELS)}")
     if level == "none":
         return {}
-    return {"attention": fuse_attention(model, _DTYPES[level]), "rms_norm": divide_by_root(model)}
+    fused = {"attention": fuse_attention(model, _DTYPES[level]), "rms_norm": divide_by_root(model)}
+    _remove_dead(model.graph)  # once: the rewrites only leave chains nothing reads
+    return fused
 
 
 def divide_by_root(model) -> int:
@@ -53,7 +55,6 @@ def divide_by_root(model) -> int:
             graph.insert_before(use.node, [divide])
             use.node.outputs[0].replace_all_uses_with(divide.outputs[0])
             done += 1
-    _remove_dead(graph)
     return done
 
 
@@ -232,7 +233,6 @@ def _replace(graph, found: _Attention, masks: dict, index: int) -> None:
     bnsh = ir.node("Transpose", [split.outputs[0]], attributes={"perm": [0, 2, 1, 3]})
     graph.insert_before(found.out_node, [attention, split, bnsh])
     found.out_node.outputs[0].replace_all_uses_with(bnsh.outputs[0])
-    _remove_dead(graph)
 
 
 def _dispatch(q, k, v, padding, attributes: dict, found: _Attention, index: int):
