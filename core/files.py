@@ -20,6 +20,20 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
+def read_prompts(path: Path, what: str) -> list[str]:
+    """The non-blank lines of a prompts file, stripped; `what` names the file in errors."""
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{what} {path} holds no prompts (one per line)")
+    return prompts
+
+
 def staging_prefix(out: Path) -> str:
     """The hidden name of what is being written towards `out`, with the writer's process id, so
     a later writer can tell a killed run's leftovers from a live run's work."""

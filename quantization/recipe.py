@@ -9,6 +9,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from qiedge.core.files import read_prompts
+
 HERE = Path(__file__).resolve().parent
 RECIPES = {
     "int8": HERE / "recipes" / "int8_smoothquant.json",
@@ -34,17 +36,7 @@ class CalibrationSet:
     def prompt_list(self) -> list[str]:
         path = Path(self.prompts)
         path = path if path.is_absolute() else HERE / path
-        if not path.is_file():
-            raise ValueError(f"calibration prompts file {path} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            reason = f"{e.reason} at byte {e.start}"
-            raise ValueError(f"calibration prompts file {path} is not UTF-8 text ({reason})") from None
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
-        if not prompts:
-            raise ValueError(f"calibration prompts file {path} holds no prompts (one per line)")
-        return prompts[: self.count]
+        return read_prompts(path, "calibration prompts file")[: self.count]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from qiedge.core.files import read_prompts
 from qiedge.core.metrics import psnr, ssim
 from qiedge.core.scenes import sample_scene
 
@@ -22,8 +23,8 @@ def prompt_set(name: str, count: int, seed: int = 0) -> list[str]:
         return [sample_scene(rng, name).prompt() for _ in range(count)]
     path = Path(name)
     if not path.is_file():
-        raise ValueError(f"--prompts takes {' or '.join(PROMPT_SETS)} or a file of prompts, got {name!r}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()][:count]
+        raise ValueError(f"prompts must be {' or '.join(PROMPT_SETS)} or a file of prompts, got {name!r}")
+    return read_prompts(path, "prompts file")[:count]
 
 
 def render_all(runtime, prompts: list[str], size: int, seed: int, batch: int = 8, on_batch=None) -> np.ndarray:
