@@ -65,6 +65,18 @@ def _tool_versions(tools: tuple[str, ...]) -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in tools}
 
 
+def components_of(target, components: list[str] | None) -> list[str]:
+    """The components an export of this target writes: the requested ones, checked, or all it can."""
+    names = components or list(target.components or SPECS)
+    unknown = [n for n in names if n not in SPECS]
+    if unknown:
+        raise ValueError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(SPECS)}")
+    for name in names:
+        if name in target.unsupported:
+            raise ValueError(f"{target.name} cannot export {name}: {target.unsupported[name]}")
+    return names
+
+
 def export_artifacts(
     out: str | Path,
     target: str = "onnx",
@@ -90,13 +102,7 @@ def export_artifacts(
     precision = precision or chosen.default_precision
     if precision not in chosen.precisions:
         raise ValueError(f"the {chosen.name} target exports {', '.join(chosen.precisions)}, not {precision!r}")
-    names = components or list(chosen.components or SPECS)
-    unknown = [n for n in names if n not in SPECS]
-    if unknown:
-        raise ValueError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(SPECS)}")
-    for name in names:
-        if name in chosen.unsupported:
-            raise ValueError(f"{chosen.name} cannot export {name}: {chosen.unsupported[name]}")
+    names = components_of(chosen, components)
     configs = model_configs(model, preset)
     with staged_directory(Path(out)) as tmp:
         _write_tokenizer(tmp, model)  # first: a target may bucket prompts by the tokenizer's counts

@@ -85,9 +85,9 @@ def test_buckets_share_one_copy_of_the_weights(tiny_dir, tmp_path, monkeypatch):
         tiny_dir, tmp_path / "one", sizes=parse_sizes("64x64"), prompt_lengths=(16,), components=["vae_decoder"]
     )
     many = export(
-        tiny_dir, tmp_path / "many", sizes=parse_sizes("64x64,96x64,128x64,64x128"), components=["vae_decoder"]
-    )
-    assert len(many["components"]["vae_decoder"]["functions"]) == 4 > len(one["components"]["vae_decoder"]["functions"])
+        tiny_dir, tmp_path / "many", sizes=parse_sizes("64x64,96x64"), components=["vae_decoder"]
+    )  # two copies would double the bytes
+    assert len(many["components"]["vae_decoder"]["functions"]) == 2 > len(one["components"]["vae_decoder"]["functions"])
     package = "vae_decoder/model.mlpackage"
     assert weights_bytes(tmp_path / "many" / package) <= 1.05 * weights_bytes(tmp_path / "one" / package)
     assert not list(temp.iterdir())  # none left behind (a 7B chunk's are 833 MB each)

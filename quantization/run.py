@@ -104,9 +104,12 @@ def quantize(
     target: str = "onnx",
     target_options: dict | None = None,
 ) -> dict:
-    from qiedge.export.run import export_artifacts
+    from qiedge.export.run import components_of, export_artifacts
+    from qiedge.export.targets import get_target
 
     model = ModelDir.open(model_path)
+    components = components_of(get_target(target, **(target_options or {})), components)  # before any work
+    evaluation = Evaluation.on(prompt_set(eval_prompts, EVAL_PROMPTS), EVAL_SIZE)  # a bad file fails before any work
     if recipe.activations == "dynamic" and target != "onnx":
         raise ValueError(f"recipe {recipe.name} (dynamic activations) runs on ONNX Runtime: use --target onnx")
     if recipe.calibrated:
@@ -115,7 +118,7 @@ def quantize(
             f"({', '.join(recipe.calibration_set.trajectories)})"
         )
     calibration = calibrate(model.path, recipe) if recipe.calibrated else None
-    judge = Judge(model.path, Evaluation.on(prompt_set(eval_prompts, EVAL_PROMPTS), EVAL_SIZE))
+    judge = Judge(model.path, evaluation)
     all_layers = list(linear_layers(judge.reference))
     layers = recipe.quantized_layers(all_layers, model.transformer.num_layers)
     ranking = None
@@ -134,7 +137,7 @@ def quantize(
     accuracy = {
         "per_step": judge.per_step(quantized),
         **judge.image_figures(images),
-        "evaluation": {"prompts": eval_prompts, "count": EVAL_PROMPTS, "size": EVAL_SIZE},
+        "evaluation": {"prompts": eval_prompts, "count": len(judge.evaluation.prompts), "size": EVAL_SIZE},
         "measured_on": {"cpu": detect().summary(), "by": "the fake-quant torch model (the graph's arithmetic)"},
         **_on_gpu(judge, model.path, quants, recipe, log),
     }

@@ -5,6 +5,7 @@ decides, and nothing written; a numerical fault stops the run naming the compone
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import subprocess
@@ -125,13 +126,20 @@ def test_quantize_refuses_empty_and_non_utf8_prompt_files(tiny, tmp_path):
     empty, binary = tmp_path / "empty.txt", tmp_path / "binary.txt"
     empty.write_text("\n  \n")
     binary.write_bytes(b"a red \xff circle\n")
-    for path, needle in ((empty, "holds no prompts"), (binary, "is not UTF-8 text (invalid start byte at byte 6)")):
+    cases = ((empty, "holds no prompts"), (binary, "is not UTF-8 text (invalid start byte at byte 6)"))
+    for (path, needle), flag in itertools.product(cases, ("--calib-prompts", "--eval-prompts")):
         result = qiedge(
-            "quantize", "--model", str(tiny), "--format", "int8", "--calib-prompts", str(path),
-            "--out", str(tmp_path / "art"),
+            "quantize", "--model", str(tiny), "--format", "int8", flag, str(path), "--out", str(tmp_path / "art"),
         )  # fmt: skip
         refused(result, needle)
         assert str(path) in result.stderr and not (tmp_path / "art").exists()
+
+
+def test_quantize_refuses_an_unknown_component(tiny, tmp_path):
+    out = tmp_path / "art"
+    result = qiedge("quantize", "--model", str(tiny), "--format", "int8", "--components", "vae", "--out", str(out))
+    refused(result, "unknown component(s) vae; choose from condition_encoder")
+    assert not out.exists()
 
 
 def test_concurrent_writers_of_one_path_each_publish_a_whole_image(tmp_path):

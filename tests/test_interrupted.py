@@ -5,6 +5,7 @@ earlier good output, leaves nothing the next run does not sweep away, and the re
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import pytest
 from qiedge.core.files import sweep_stale
 from qiedge.reference_model import presets
 from qiedge.reference_model.model_dir import init_model_dir
+from qiedge.runtime.evaluate import prompt_set
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +27,9 @@ KILL_AFTER = (0.5, 3.0)  # seconds: while importing, and while loading or workin
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny model, with a recipe beside it that quantizes its two blocks (the shipped ones keep
-    the first and last block in high precision, which on two blocks leaves nothing to quantize)."""
+    the first and last block in high precision, which on two blocks leaves nothing to quantize),
+    and four evaluation prompts (what is killed here is the writing, not the judging: the jobs
+    export one graph)."""
     from dataclasses import replace
 
     from qiedge.quantization.recipe import Recipe
@@ -34,6 +38,7 @@ def tiny(tmp_path_factory):
     recipe = Recipe.load("int4")
     keep = ("img_in", "txt_in.*", "time_text_embed.*", "modulation.*", "norm_out.*", "proj_out")
     (folder / "recipe.json").write_text(replace(recipe, keep_high_precision=keep).to_json())
+    (folder / "eval.txt").write_text("\n".join(prompt_set("held-out", 4)))
     return init_model_dir(presets.TINY, folder / "tiny", seed=0)
 
 
@@ -69,15 +74,22 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
+def quantize_options(folder: Path) -> list:
+    return [
+        *("--format", "int4", "--recipe", folder / "recipe.json"),
+        *("--eval-prompts", folder / "eval.txt", "--components", "transformer_step"),
+    ]
+
+
 # (command writing `out`, what a complete output has): each killed at every point of KILL_AFTER.
 JOBS = {
     "init": lambda tiny, out: (qiedge("init", "--preset", "tiny", "--out", out), out / "model_index.json"),
     "export": lambda tiny, out: (
-        qiedge("export", "--model", tiny, "--out", out, "--components", "condition_encoder,vae_decoder"),
+        qiedge("export", "--model", tiny, "--out", out, "--components", "transformer_step"),
         out / "manifest.json",
     ),
     "quantize": lambda tiny, out: (
-        qiedge("quantize", "--model", tiny, "--format", "int4", "--recipe", tiny.parent / "recipe.json", "--out", out),
+        qiedge("quantize", "--model", tiny, *quantize_options(tiny.parent), "--out", out),
         out / "manifest.json",
     ),
     "generate": lambda tiny, out: (
@@ -114,6 +126,9 @@ def test_killed_runs_leave_no_output_and_the_rerun_succeeds(job, tiny, tmp_path)
         assert digest(good) == before
     subprocess.run(fresh_command, check=True, capture_output=True)
     assert fresh_complete.exists()
+    if job == "quantize":  # the flag reached the judge
+        evaluation = json.loads(fresh_complete.read_text())["quantization"]["accuracy"]["evaluation"]
+        assert evaluation["count"] == 4 and evaluation["prompts"].endswith("eval.txt")
     assert not [n for n in leftovers(tmp_path) if n.startswith(f".{fresh.name}.")], (
         "the rerun kept a killed run's files"
     )

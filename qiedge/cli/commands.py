@@ -363,6 +363,8 @@ def cmd_quantize(args) -> None:
         args.out,
         report_dir=args.report,
         target_psnr=args.target_psnr,
+        eval_prompts=args.eval_prompts,
+        components=args.components.split(",") if args.components else None,
         log=log,
         target_options={"optimize": args.optimize},
     )

@@ -178,7 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("int8", "fp8", "int4"), required=True, help="int4 is weight-only, per group")
     p.add_argument("--recipe", help="recipe JSON (default: the shipped one for --format)")
     p.add_argument("--calib-prompts", help="file of calibration prompts, one per line")
+    p.add_argument(
+        "--eval-prompts",
+        default="held-out",
+        help="what the accuracy is measured on: held-out or train (the demo model's scenes), or a file with "
+        "one prompt per line (the first 40)",
+    )
     p.add_argument("--out", required=True)
+    p.add_argument("--components", help="comma-separated subset to export (default: all)")
     p.add_argument("--report", help="write report.json and report.html here")
     p.add_argument("--target-psnr", type=float, help="keep the most sensitive layers in high precision until reached")
     p.add_argument(
