@@ -175,10 +175,15 @@ def _export_float(args, model, preset, options: dict) -> dict:
         model=model,
         preset=preset,
         seed=args.seed,
-        components=args.components.split(",") if args.components else None,
+        components=_components(args),
         on_component=report,
         target_options=options,
     )
+
+
+def _components(args) -> list[str] | None:
+    """`--components a,b` of export and quantize; None: every component the target exports."""
+    return args.components.split(",") if args.components else None
 
 
 def _export_quantized(args, model, options: dict) -> dict:
@@ -187,7 +192,7 @@ def _export_quantized(args, model, options: dict) -> dict:
     from qiedge.quantization.run import quantize
 
     log = (lambda message: None) if args.json else (lambda message: print(message, file=sys.stderr))
-    components = args.components.split(",") if args.components else None
+    components = _components(args)
     recipe = Recipe.load(args.recipe or args.precision)
     if recipe.format != args.precision:
         raise ValueError(f"recipe {recipe.name} is {recipe.format}, not {args.precision}")
@@ -364,7 +369,7 @@ def cmd_quantize(args) -> None:
         report_dir=args.report,
         target_psnr=args.target_psnr,
         eval_prompts=args.eval_prompts,
-        components=args.components.split(",") if args.components else None,
+        components=_components(args),
         log=log,
         target_options={"optimize": args.optimize},
     )
