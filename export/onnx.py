@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import onnx_fusions
+from . import onnx_fusions, trace_cache
 from .specs import ComponentSpec, ModelConfigs, declared_shape, dynamic_shapes, trace_inputs
 from .stages import ExportError, GraphJob, Stage, configure
 
@@ -68,11 +68,27 @@ def _packed_int4(array: np.ndarray) -> bytes:
 
 
 def trace(spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype):
-    """Stage 1: the wrapper traced on the meta device into an onnx_ir model (initializers without data)."""
-    import warnings
-
+    """Stage 1: the wrapper traced on the meta device into an onnx_ir model (initializers without
+    data). The trace goes through its serialized form whether or not the trace cache
+    (export/trace_cache.py) had it, so an export is the same file either way."""
     with torch.device("meta"):
         module = spec.build(configs).to(device="meta", dtype=precision).eval()
+    key = trace_key(spec, configs, precision, module)
+    return trace_cache.loads(
+        trace_cache.cached(key, lambda: trace_cache.dumps(_traced(module, spec, configs, precision)))
+    )
+
+
+def trace_key(spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype, module: torch.nn.Module) -> str:
+    """What a trace depends on besides the code: the graph's interface, the wrapper's modules and
+    their tensors' shapes (which say, e.g., which blocks a chunk keeps), the config, the precision."""
+    tensors = [(name, tuple(t.shape), t.dtype) for name, t in (*module.named_parameters(), *module.named_buffers())]
+    return trace_cache.key(OPSET, spec.name, spec.inputs, spec.outputs, str(module), tensors, configs, precision)
+
+
+def _traced(module, spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype):
+    import warnings
+
     inputs = trace_inputs(spec, configs, precision, device="meta")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
