@@ -80,10 +80,15 @@ def trace(spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype):
 
 
 def trace_key(spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype, module: torch.nn.Module) -> str:
-    """What a trace depends on besides the code: the graph's interface, the wrapper's modules and
-    their tensors' shapes (which say, e.g., which blocks a chunk keeps), the config, the precision."""
+    """What a trace depends on besides the code: the config its component is built from, its
+    interface with the config's dims resolved, the wrapper's modules and their tensors' shapes
+    (which say, e.g., which blocks a chunk keeps), the precision. The other components' configs
+    are left out, so a transformer exported from a preset and from a model directory of that
+    architecture share a trace."""
+    config = {"text_encoder": configs.encoder, "transformer": configs.transformer, "vae": configs.vae}[spec.weights]
+    interface = [(t.name, t.dtype, declared_shape(t, configs)) for t in (*spec.inputs, *spec.outputs)]
     tensors = [(name, tuple(t.shape), t.dtype) for name, t in (*module.named_parameters(), *module.named_buffers())]
-    return trace_cache.key(OPSET, spec.name, spec.inputs, spec.outputs, str(module), tensors, configs, precision)
+    return trace_cache.key(OPSET, spec.name, interface, str(module), tensors, config, precision)
 
 
 def _traced(module, spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype):

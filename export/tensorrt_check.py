@@ -91,7 +91,7 @@ def check_model(model, table: Table, base_dir: Path | None = None) -> list[str]:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     low, high = table.opsets
     problems = [] if opset is not None and low <= opset <= high else [f"opset {opset} is outside {low}-{high}"]
-    for node in _nodes(graph):
+    for node in nodes(graph):
         where = f"{node.op_type} {node.name or node.output[0]}"
         problems += _operator(node, where, table, types, constants)
         if node.op_type in QDQ:
@@ -99,7 +99,7 @@ def check_model(model, table: Table, base_dir: Path | None = None) -> list[str]:
     return [f"TensorRT {table.tensorrt}: {p}" for p in problems]
 
 
-def _nodes(graph):
+def nodes(graph):
     """Every node of the graph and of its subgraphs (If branches, loop bodies): TensorRT parses them all."""
     import onnx
 
@@ -107,7 +107,7 @@ def _nodes(graph):
         yield node
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attribute.g)
+                yield from nodes(attribute.g)
 
 
 def _types(graph) -> dict[str, str]:

@@ -7,6 +7,7 @@ import onnx
 import pytest
 from qiedge.core.artifacts import Artifacts
 from qiedge.export.run import export_artifacts
+from qiedge.export.tensorrt_check import nodes
 from qiedge.parity.checks import run_parity
 from qiedge.reference_model.model_dir import ModelDir
 
@@ -29,18 +30,7 @@ def unfused(tiny_dir, tmp_path_factory):
 def _ops(artifacts, component: str) -> list[str]:
     """Op types of a graph, those inside its subgraphs (the step's If branches) included."""
     path = Artifacts.open(artifacts).path / Artifacts.open(artifacts).component(component)["graph"]
-    graph = onnx.load(str(path), load_external_data=False).graph
-    found = []
-
-    def walk(g):
-        for node in g.node:
-            found.append(node.op_type)
-            for attribute in node.attribute:
-                if attribute.type == onnx.AttributeProto.GRAPH:
-                    walk(attribute.g)
-
-    walk(graph)
-    return found
+    return [node.op_type for node in nodes(onnx.load(str(path), load_external_data=False).graph)]
 
 
 def test_unoptimized_graphs_equal_the_reference(unfused, tiny_dir):

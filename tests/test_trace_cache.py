@@ -10,6 +10,7 @@ from qiedge.export import onnx as onnx_target
 from qiedge.export.run import export_artifacts, model_configs
 from qiedge.export.specs import SPECS
 from qiedge.reference_model import presets
+from qiedge.reference_model.model_dir import ModelDir, init_model_dir
 
 COMPONENT = "vision_encoder"  # the quickest graph to trace
 
@@ -43,13 +44,20 @@ def test_an_unusable_cache_warns_and_exports(tmp_path, monkeypatch):
     assert any(path.suffix == ".onnx" for path in files)
 
 
-def _key(component=COMPONENT, preset=presets.TINY, precision=torch.float32) -> str:
-    spec, configs = SPECS[component], model_configs(None, preset)
+def _key(component=COMPONENT, configs=None, precision=torch.float32) -> str:
+    spec, configs = SPECS[component], configs or model_configs(None, presets.TINY)
     with torch.device("meta"):
         module = spec.build(configs).to(dtype=precision)
     return onnx_target.trace_key(spec, configs, precision, module)
 
 
-def test_the_key_follows_what_the_graph_depends_on():
+def test_the_key_follows_what_the_graph_depends_on(tmp_path):
+    demo, step = model_configs(None, presets.DEMO), "transformer_step"
     assert _key() == _key()
-    assert len({_key(), _key(precision=torch.float16), _key(preset=presets.DEMO), _key("vae_decoder")}) == 4
+    assert len({_key(), _key(precision=torch.float16), _key("vae_decoder"), _key(step), _key(step, demo)}) == 5
+    assert _key(configs=demo) == _key()  # the demo preset has the tiny one's encoder
+    # A checkpoint of the tiny architecture: its transformer is the preset's; its encoder's config
+    # differs from the preset's (the tokenizer's special token ids), and so does the encoder's key.
+    checkpoint = model_configs(ModelDir.open(init_model_dir(presets.TINY, tmp_path / "tiny", seed=3)), None)
+    assert _key("transformer_step", checkpoint) == _key("transformer_step")
+    assert _key("condition_encoder", checkpoint) != _key("condition_encoder")
