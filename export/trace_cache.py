@@ -23,6 +23,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from qiedge.core.files import write_atomic
+
 # What the traced graph runs: its wrappers and specs, the reference model, the contract.
 CODE = ("qiedge.export", "qiedge.reference_model", "qiedge.core")
 LIBRARIES = ("torch", "transformers", "onnx", "onnxscript", "onnx-ir")
@@ -82,21 +84,12 @@ def cached(name: str, make: Callable[[], bytes]) -> bytes:
             return path.read_bytes()
         data = make()
         try:
-            _write(path, data)
+            write_atomic(path, data)
         except OSError as e:
             warnings.warn(f"trace cache: could not store {path.name} ({e})", stacklevel=2)
         return data
     finally:
         lock.release()
-
-
-def _write(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    try:
-        partial.write_bytes(data)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def dumps(model) -> bytes:
