@@ -11,11 +11,12 @@ packages, so there each graph is its own package with one bucket.
 One stage, "convert" (export/stages.py runs it), one unit (a component or a chunk) at a time: its
 weights streamed from the source into the reference wrapper, then per bucket `torch.export` at
 the bucket's shapes, the decompositions coremltools expects, and coremltools (fp16 compute with
-the measured fp32 islands, export/coreml_fp16.py; converter fixes, export/coreml_ops.py), integer
-and boolean inputs as int32 (Core ML has neither int64 nor bool inputs); each function's inputs
-and outputs must be the spec's; then the optional weight compression (export/coreml_compress.py),
-and the unit's functions added to its package. Its check reads every package back: each must hold
-its functions.
+the measured fp32 islands, export/coreml_fp16.py; converter fixes, export/coreml_ops.py; the
+program checked once per pass pipeline, export/coreml_validate.py), integer and boolean inputs as
+int32 (Core ML has neither int64 nor bool inputs); each function's inputs and outputs must be the
+spec's; then the optional weight compression (export/coreml_compress.py), and the unit's
+functions added to its package. Its check reads every package back: each must hold its
+functions.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from qiedge.core.buckets import Size, functions
 from qiedge.core.coreml import coremltools
 
-from . import chunks, coreml_attention, coreml_compress, coreml_fp16
+from . import chunks, coreml_attention, coreml_compress, coreml_fp16, coreml_validate
 from .chunks import Chunk
 from .coreml_convert import convert, empty_inputs, interface, load_module
 from .specs import ComponentSpec
@@ -149,7 +150,7 @@ class CoreMLTarget:
         )
         job.graph = self._units(job)
         for unit in job.graph:
-            with _scratch(job.folder / SCRATCH_DIR):
+            with _scratch(job.folder / SCRATCH_DIR), coreml_validate.once_per_pipeline():
                 self._convert_unit(job, unit, precision, mode, sensitive, dropped)
         job.path = job.folder / f"{job.graph[0].package}.mlpackage"
 
