@@ -30,7 +30,7 @@ lint: $(VENV)/.test
 	$(BIN)/python .ci/layers.py
 
 test: lint
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf out .pytest_cache

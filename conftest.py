@@ -5,13 +5,19 @@ one worker of two, while one thread each keeps both cores busy with the suite's 
 
 The run gets a trace cache of its own (export/trace_cache.py), made before the workers start so
 they and the CLI processes they start share it: each graph is traced once per run, and never
-read from a cache an earlier run left."""
+read from a cache an earlier run left.
+
+Files run longest first: `--dist loadfile` hands each file to one worker in collection order (the
+Makefile turns off xdist's own order, most tests first), and this collection puts the files with
+the most slow-marked tests first, so the long files start early and the short ones fill in at the
+end (a run here: one worker finished 250 s before the other, the Core ML compression file last)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections import Counter
 
 import pytest
 
@@ -24,6 +30,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def pytest_configure(config):
     if "QIEDGE_CACHE" not in os.environ:
         config.stash[MADE_CACHE] = os.environ["QIEDGE_CACHE"] = tempfile.mkdtemp(prefix="qiedge-cache-")
+
+
+def pytest_collection_modifyitems(items):
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])  # stable: a file's tests keep their order
 
 
 def pytest_unconfigure(config):

@@ -99,6 +99,7 @@ def test_tables_name_their_source():
         assert table.ops["MatMul"].supported and "FP16" in table.ops["MatMul"].types
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_fp16_graphs_pass_every_table(trt_fp16, version):
     graphs = _graphs(trt_fp16)
@@ -110,6 +111,7 @@ def test_fp16_graphs_pass_every_table(trt_fp16, version):
 QUANTIZED = ["int8", "fp8", "int4", "fp8-attention"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", QUANTIZED)
 def test_quantized_graphs_pass_the_tables_whose_opset_holds_them(trt_quantized, fmt):
     for graph in _graphs(trt_quantized(fmt)):
@@ -125,6 +127,7 @@ def test_quantized_graphs_pass_the_tables_whose_opset_holds_them(trt_quantized, 
             )
 
 
+@pytest.mark.slow
 def test_onnx_target_graphs_pass_unfused_and_fused_ones_are_refused(onnx_fp32, tiny_dir, tmp_path):
     """`--optimize none` writes standard ONNX that TensorRT reads; the default fused graphs hold
     ONNX Runtime's own MultiHeadAttention, which the checker names."""
@@ -384,6 +387,7 @@ def test_build_without_tensorrt_is_refused_before_any_work(tiny_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_bf16_graphs_pass_the_check(tiny_dir, tmp_path):
     out = tmp_path / "bf16"
     export_artifacts(

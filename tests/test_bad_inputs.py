@@ -108,6 +108,7 @@ def test_one_pixel_images_of_every_mode_edit(tiny, tmp_path, mode):
     assert generate(request, runtime.facts, runtime.sessions).shape == (1, 32, 32, 4)
 
 
+@pytest.mark.slow
 def test_nan_weight_stops_the_run_naming_the_component(tiny, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny, broken)
@@ -122,6 +123,7 @@ def test_nan_weight_stops_the_run_naming_the_component(tiny, tmp_path):
     assert qiedge(*args, "--no-check-finite").returncode == 0 and out.is_file()
 
 
+@pytest.mark.slow
 def test_quantize_refuses_empty_and_non_utf8_prompt_files(tiny, tmp_path):
     empty, binary = tmp_path / "empty.txt", tmp_path / "binary.txt"
     empty.write_text("\n  \n")

@@ -23,6 +23,7 @@ def tiny(tmp_path_factory):
     return init_model_dir(presets.TINY, tmp_path_factory.mktemp("cli") / "tiny", seed=0)
 
 
+@pytest.mark.slow
 def test_generate_writes_png_with_metadata(tiny, tmp_path):
     out = tmp_path / "img.png"
     result = qiedge(
@@ -51,6 +52,7 @@ def test_generate_writes_png_with_metadata(tiny, tmp_path):
     assert report["backend"] == "torch" and "GFLOP job" in report["backend_reason"]  # auto: too small to compile
 
 
+@pytest.mark.slow
 def test_generate_says_which_backend_runs_and_why(tiny, tmp_path):
     result = qiedge(
         "generate",
@@ -68,6 +70,7 @@ def test_generate_says_which_backend_runs_and_why(tiny, tmp_path):
     assert result.stderr.splitlines()[0].startswith("backend torch: a 0 GFLOP job")
 
 
+@pytest.mark.slow
 def test_generate_is_deterministic_and_edits(tiny, tmp_path):
     paths = [tmp_path / "a.png", tmp_path / "b.png"]
     for p in paths:
@@ -121,6 +124,7 @@ def test_prompt_past_the_limit(tiny):
     assert result.returncode == 2 and "1100 tokens long; the limit is 1024" in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_component_and_bad_weights(tiny, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny, broken)
@@ -153,6 +157,7 @@ def test_inspect_json(tiny):
     assert info["components"]["transformer"]["memory_bytes"]["fp16"] == 2 * params
 
 
+@pytest.mark.slow
 def test_export_preset_with_stand_in_weights(tmp_path):
     out = tmp_path / "art"
     result = qiedge("export", "--preset", "tiny", "--components", "vae_decoder", "--out", str(out), "--json")
@@ -209,6 +214,7 @@ def test_export_refuses_bad_target_options_before_loading(tmp_path, args, needle
     assert not (tmp_path / "art").exists()
 
 
+@pytest.mark.slow
 def test_export_coreml_preset_and_generate_from_it(tmp_path):
     """The CLI end to end on Core ML: stand-in weights, then an image drawn by executing the
     saved programs (NumPy here, Core ML on macOS)."""

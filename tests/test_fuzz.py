@@ -97,6 +97,7 @@ def _load_vae(folder):
     load_into(module, folder)
 
 
+@pytest.mark.slow
 def test_weights(tiny, tmp_path):
     """The VAE's safetensors, loaded strictly into its module."""
     source = next((tiny / "vae").glob("*.safetensors")).read_bytes()
@@ -244,6 +245,7 @@ def coreml_artifacts(tiny, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_coreml_packages_with_their_hashes_rewritten(coreml_artifacts, tmp_path):
     """A corrupt file in a Core ML package whose manifest hash was rewritten to match: loading the
     saved program either works or is refused naming the package."""
