@@ -232,6 +232,56 @@ def test_a_faulty_quantized_model_is_measured_to_the_end(tiny_dir):
     assert healthy["non_finite"] == 0 and healthy["psnr_db"] == float("inf")
 
 
+def test_per_step_figures_along_the_recorded_trajectory_equal_running_fp32_beside(tiny_dir):
+    """The judge records fp32's steps once and measures a quantized model along them; the figures
+    are those of running fp32 beside the quantized model at every step, and a replay of other
+    requests is refused."""
+    import copy
+
+    import torch
+    from qiedge.quantization.accuracy import Evaluation, Judge
+    from qiedge.runtime.sampler import generate
+
+    judge = Judge(tiny_dir, Evaluation.on(["a red circle", "a blue square", "a green star"], size=64, batch=2))
+    perturbed = copy.deepcopy(judge.reference)
+    weight = perturbed.proj_out.weight
+    with torch.no_grad():
+        weight.add_(0.05 * weight.std() * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    q_prefix, q_step = torch_sessions(perturbed)
+    _, fp32_step = torch_sessions(judge.reference)
+
+    class Beside:
+        def __init__(self):
+            self.figures = []
+
+        def run(self, feeds):
+            expected = fp32_step.run({**feeds, **self.fp32_cache})["velocity"]
+            figures = Comparison.of(q_step.run(feeds)["velocity"], expected)
+            self.figures.append((figures.cosine, figures.rel_l2))
+            return {"velocity": expected}
+
+    fp32_prefix = torch_sessions(judge.reference)[0]
+    beside = Beside()
+
+    class BothPrefixes:
+        def run(self, feeds):
+            beside.fp32_cache = fp32_prefix.run(feeds)
+            return q_prefix.run(feeds)
+
+    sessions = judge._sessions(BothPrefixes(), beside)
+    for request in judge.evaluation.requests:
+        generate(request, judge.runtime.facts, sessions, check_finite=False)
+    steps = judge.per_step_of(q_prefix, q_step)
+    expected = np.array(beside.figures).reshape(len(judge.evaluation.requests), len(steps), 2)
+    assert 0.5 < expected[..., 0].min() < 1 - 1e-6  # the perturbation shows
+    assert [s["cosine_min"] for s in steps] == pytest.approx(list(expected[..., 0].min(axis=0)), rel=1e-9)
+    assert [s["rel_error_mean"] for s in steps] == pytest.approx(list(expected[..., 1].mean(axis=0)), rel=1e-9)
+    assert judge.final_velocity_error(perturbed) == pytest.approx(beside.figures[len(steps) - 1][1], rel=1e-9)
+    judge.evaluation = Evaluation.on(["a red circle", "a blue square", "a green star"], size=64, batch=2, seed=1)
+    with pytest.raises(RuntimeError, match="left the recorded fp32 trajectory"):
+        judge.per_step_of(q_prefix, q_step)
+
+
 def velocity_channels(judge) -> int:
     return judge.runtime.facts.latent_channels
 

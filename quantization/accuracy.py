@@ -23,31 +23,33 @@ def torch_sessions(transformer) -> tuple[TorchSession, TorchSession]:
     )
 
 
-class PairedPrefix:
-    """Runs the fp32 and quantized prefix on the same feeds; returns both caches, the quantized
-    one under `quantized_*` names, which the sampler hands to every step with the rest."""
+class Recorded:
+    """The fp32 step session, keeping every call's latents and velocity in call order: the fp32
+    trajectory, which the quantized model is then measured along without running fp32 again."""
 
-    def __init__(self, reference, quantized):
-        self.reference, self.quantized = reference, quantized
-
-    def run(self, feeds):
-        quantized = self.quantized.run(feeds)
-        return {**self.reference.run(feeds), **{f"quantized_{k}": v for k, v in quantized.items()}}
-
-
-class PairedStep:
-    """Follows the fp32 trajectory; at every step also runs the quantized model on the same
-    latents (with its own K/V) and records how far its velocity is from fp32's."""
-
-    def __init__(self, reference, quantized):
-        self.reference, self.quantized = reference, quantized
-        self.steps: list[tuple[float, float]] = []
+    def __init__(self, step):
+        self.step, self.calls = step, []
 
     def run(self, feeds):
-        expected = self.reference.run(feeds)["velocity"]
-        cache = {k.removeprefix("quantized_"): v for k, v in feeds.items() if k.startswith("quantized_")}
-        actual = self.quantized.run({**feeds, **cache})["velocity"]
-        figures = Comparison.of(actual, expected)
+        velocity = self.step.run(feeds)["velocity"]
+        self.calls.append((feeds["latents"], velocity))
+        return {"velocity": velocity}
+
+
+class AlongReference:
+    """Follows the recorded fp32 trajectory: at every call runs the quantized step (with the
+    quantized prefix's K/V) on the latents fp32 saw, records how far its velocity is from fp32's,
+    and returns fp32's, so the sampler takes fp32's next step."""
+
+    def __init__(self, quantized, recorded: list[tuple[np.ndarray, np.ndarray]]):
+        self.quantized, self.recorded = quantized, iter(recorded)
+        self.steps: list[tuple[float, float, int]] = []
+
+    def run(self, feeds):
+        latents, expected = next(self.recorded)
+        if not np.array_equal(feeds["latents"], latents):
+            raise RuntimeError("the replay left the recorded fp32 trajectory: the requests differ from the recording's")
+        figures = Comparison.of(self.quantized.run(feeds)["velocity"], expected)
         self.steps.append((figures.cosine, figures.rel_l2, figures.non_finite))
         return {"velocity": expected}
 
@@ -77,7 +79,10 @@ class Judge:
         self.runtime = open_runtime(model=model_path, backend="torch")
         self.reference = self.runtime.backend.reference("transformer")
         self.evaluation = evaluation
-        self.fp32_images = self.images(self.reference)
+        prefix, step = torch_sessions(self.reference)
+        recorded = Recorded(step)
+        self.fp32_images = self.images_of(prefix, recorded)
+        self.fp32_steps = recorded.calls  # every request's step calls, in order
         self.fp32_adherence = _adherence_or_none(self.fp32_images.pixels, evaluation.prompts)
 
     def _sessions(self, prefix, step) -> Sessions:
@@ -101,10 +106,8 @@ class Judge:
 
     def per_step_of(self, q_prefix, q_step) -> list[dict]:
         """Per-step velocity figures of these sessions along the fp32 trajectory."""
-        ref_prefix, ref_step = torch_sessions(self.reference)
-        paired_prefix = PairedPrefix(ref_prefix, q_prefix)
-        paired = PairedStep(ref_step, q_step)
-        sessions = self._sessions(paired_prefix, paired)
+        paired = AlongReference(q_step, self.fp32_steps)
+        sessions = self._sessions(q_prefix, paired)
         for request in self.evaluation.requests:
             generate(request, self.runtime.facts, sessions, check_finite=False)
         steps = len(paired.steps) // len(self.evaluation.requests)
@@ -130,13 +133,11 @@ class Judge:
             "non_finite": images.non_finite,
         }
 
-    def final_velocity_error(self, transformer, request: Request) -> float:
-        """Relative error of the last step's velocity along the fp32 trajectory."""
-        ref_prefix, ref_step = torch_sessions(self.reference)
-        q_prefix, q_step = torch_sessions(transformer)
-        paired_prefix = PairedPrefix(ref_prefix, q_prefix)
-        paired = PairedStep(ref_step, q_step)
-        generate(request, self.runtime.facts, self._sessions(paired_prefix, paired), check_finite=False)
+    def final_velocity_error(self, transformer) -> float:
+        """Relative error of the first request's last step velocity along the fp32 trajectory."""
+        prefix, step = torch_sessions(transformer)
+        paired = AlongReference(step, self.fp32_steps)
+        generate(self.evaluation.requests[0], self.runtime.facts, self._sessions(prefix, paired), check_finite=False)
         return paired.steps[-1][1]
 
 

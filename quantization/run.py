@@ -51,9 +51,8 @@ def scales_digest(quants: dict, attention: dict | None = None) -> str:
 
 def sensitivity(judge: Judge, recipe: Recipe, calibration, layers: list[str]) -> dict[str, float]:
     """Final-velocity relative error with each layer alone quantized (largest first)."""
-    request = judge.evaluation.requests[0]
     errors = {
-        name: judge.final_velocity_error(quantize_transformer(judge.reference, recipe, calibration, [name]), request)
+        name: judge.final_velocity_error(quantize_transformer(judge.reference, recipe, calibration, [name]))
         for name in layers
     }
     return dict(sorted(errors.items(), key=lambda kv: -kv[1]))
