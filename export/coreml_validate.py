@@ -2,7 +2,9 @@
 (`Program.validate`, forced whatever its DEBUG flag), which is a third of a conversion's time
 (three tiny-model components: 32.8 s -> 21.5 s). Inside `once_per_pipeline` it checks the
 program before and after each pipeline instead: a pipeline that leaves an invalid program is still
-refused, it is only no longer told which of its passes did it."""
+refused, it is only no longer told which of its passes did it. The ops' scopes, which coremltools
+also checks after dead-code elimination, are still checked where the backend writes the final
+program. The patch is process-wide, for the export's one converting thread."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def once_per_pipeline() -> Iterator[None]:
 
     def validated_around(prog, pass_pipeline):
         validate(prog)
-        outer, Program.validate = Program.validate, _unchecked  # a pass may run a pipeline of its own
+        outer, Program.validate = Program.validate, _unchecked  # should a pass run a pipeline of its own
         try:
             apply(prog, pass_pipeline)
         finally:

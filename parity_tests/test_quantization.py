@@ -278,7 +278,7 @@ def test_per_step_figures_along_the_recorded_trajectory_equal_running_fp32_besid
     assert [s["rel_error_mean"] for s in steps] == pytest.approx(list(expected[..., 1].mean(axis=0)), rel=1e-9)
     assert judge.final_velocity_error(perturbed) == pytest.approx(beside.figures[len(steps) - 1][1], rel=1e-9)
     judge.evaluation = Evaluation.on(["a red circle", "a blue square", "a green star"], size=64, batch=2, seed=1)
-    with pytest.raises(RuntimeError, match="left the recorded fp32 trajectory"):
+    with pytest.raises(RuntimeError, match="requests changed since fp32 was recorded"):
         judge.per_step_of(q_prefix, q_step)
 
 

@@ -24,31 +24,30 @@ def torch_sessions(transformer) -> tuple[TorchSession, TorchSession]:
 
 
 class Recorded:
-    """The fp32 step session, keeping every call's latents and velocity in call order: the fp32
-    trajectory, which the quantized model is then measured along without running fp32 again."""
+    """The fp32 step session, keeping every call's velocity in call order: the fp32 trajectory,
+    which the quantized model is then measured along without running fp32 again."""
 
     def __init__(self, step):
-        self.step, self.calls = step, []
+        self.step, self.velocities = step, []
 
     def run(self, feeds):
         velocity = self.step.run(feeds)["velocity"]
-        self.calls.append((feeds["latents"], velocity))
+        self.velocities.append(velocity)
         return {"velocity": velocity}
 
 
 class AlongReference:
     """Follows the recorded fp32 trajectory: at every call runs the quantized step (with the
     quantized prefix's K/V) on the latents fp32 saw, records how far its velocity is from fp32's,
-    and returns fp32's, so the sampler takes fp32's next step."""
+    and returns fp32's, so the sampler takes fp32's next step. The same requests give the same
+    latents: the sampler is deterministic."""
 
-    def __init__(self, quantized, recorded: list[tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, quantized, recorded: list[np.ndarray]):
         self.quantized, self.recorded = quantized, iter(recorded)
         self.steps: list[tuple[float, float, int]] = []
 
     def run(self, feeds):
-        latents, expected = next(self.recorded)
-        if not np.array_equal(feeds["latents"], latents):
-            raise RuntimeError("the replay left the recorded fp32 trajectory: the requests differ from the recording's")
+        expected = next(self.recorded)
         figures = Comparison.of(self.quantized.run(feeds)["velocity"], expected)
         self.steps.append((figures.cosine, figures.rel_l2, figures.non_finite))
         return {"velocity": expected}
@@ -82,13 +81,13 @@ class Judge:
         prefix, step = torch_sessions(self.reference)
         recorded = Recorded(step)
         self.fp32_images = self.images_of(prefix, recorded)
-        self.fp32_steps = recorded.calls  # every request's step calls, in order
+        self.fp32_steps = (list(evaluation.requests), recorded.velocities)  # the requests, their steps in order
         self.fp32_adherence = _adherence_or_none(self.fp32_images.pixels, evaluation.prompts)
 
     def _sessions(self, prefix, step) -> Sessions:
         return self.runtime.sessions.replacing(transformer_prefix=prefix, transformer_step=step)
 
-    def images(self, transformer) -> np.ndarray:
+    def images(self, transformer) -> Images:
         return self.images_of(*torch_sessions(transformer))
 
     def images_of(self, prefix, step) -> Images:
@@ -106,7 +105,7 @@ class Judge:
 
     def per_step_of(self, q_prefix, q_step) -> list[dict]:
         """Per-step velocity figures of these sessions along the fp32 trajectory."""
-        paired = AlongReference(q_step, self.fp32_steps)
+        paired = self._along_fp32(q_step)
         sessions = self._sessions(q_prefix, paired)
         for request in self.evaluation.requests:
             generate(request, self.runtime.facts, sessions, check_finite=False)
@@ -123,6 +122,12 @@ class Judge:
             for i in range(steps)
         ]
 
+    def _along_fp32(self, q_step) -> AlongReference:
+        requests, velocities = self.fp32_steps
+        if self.evaluation.requests != requests:
+            raise RuntimeError("the evaluation's requests changed since fp32 was recorded: nothing to measure along")
+        return AlongReference(q_step, velocities)
+
     def image_figures(self, images: Images) -> dict:
         prompts = self.evaluation.prompts
         return {
@@ -136,7 +141,7 @@ class Judge:
     def final_velocity_error(self, transformer) -> float:
         """Relative error of the first request's last step velocity along the fp32 trajectory."""
         prefix, step = torch_sessions(transformer)
-        paired = AlongReference(step, self.fp32_steps)
+        paired = self._along_fp32(step)
         generate(self.evaluation.requests[0], self.runtime.facts, self._sessions(prefix, paired), check_finite=False)
         return paired.steps[-1][1]
 

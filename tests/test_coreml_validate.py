@@ -88,10 +88,17 @@ def test_a_pipeline_that_breaks_the_program_is_refused():
         PassPipelineManager.apply_pipeline(small_program(), broken)
 
 
+@register_pass(namespace="qiedge_test")
+class fail(AbstractGraphPass):  # noqa: N801
+    def apply(self, prog):
+        raise RuntimeError("a pass failed")
+
+
 def test_coremltools_is_left_as_it_was_found():
     theirs = (PassPipelineManager.__dict__["apply_pipeline"], Program.validate)
-    with pytest.raises(RuntimeError), once_per_pipeline():
-        raise RuntimeError
+    failing = PassPipeline(["common::dead_code_elimination", "qiedge_test::fail"], "failing")
+    with pytest.raises(RuntimeError, match="a pass failed"), once_per_pipeline():
+        PassPipelineManager.apply_pipeline(small_program(), failing)
     assert (PassPipelineManager.__dict__["apply_pipeline"], Program.validate) == theirs
 
 
