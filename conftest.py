@@ -3,9 +3,9 @@ computes on one thread: two workers of two spinning threads each on two cores ru
 one worker of two, while one thread each keeps both cores busy with the suite's serial parts
 (exporters, converters, subprocesses) as well.
 
-The run gets a trace cache of its own (export/trace_cache.py), made before the workers start so
-they and the CLI processes they start share it: each graph is traced once per run, and never
-read from a cache an earlier run left.
+The run gets a cache of its own (core/disk_cache.py), made before the workers start so they and
+the CLI processes they start share it: each graph is traced, and each model calibrated on a
+calibration set, once per run, and nothing is read from a cache an earlier run left.
 
 Files run longest first: `--dist loadfile` hands each file to one worker in collection order (the
 Makefile turns off xdist's own order, most tests first), and this collection puts the files with

@@ -271,7 +271,7 @@ def demo_accuracy(args, device) -> list[list]:
     judge = Judge(demo, Evaluation.on(prompt_set("held-out", args.prompts), 256))
     rows = [["fp32 (CPU, the reference)", 1.0, float("inf"), judge.fp32_adherence]]
     for precision in PRECISIONS:
-        quantize = None if precision == "bf16" else quantizer(demo, Recipe.load(precision), log=lambda m: None)
+        quantize = None if precision == "bf16" else quantizer(demo, Recipe.load(precision), lambda m: None, str(device))
         backend = CudaBackend(ModelDir.open(demo), precision, quantize, str(device))
         prefix, step = (OnHost(backend.load(c), backend.arrays) for c in ("transformer_prefix", "transformer_step"))
         per_step = judge.per_step_of(prefix, step)

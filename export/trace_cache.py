@@ -7,23 +7,15 @@ precision, never of the weights; another checkpoint of the same architecture, an
 the TensorRT target reading the same graphs all reuse one trace. The key hashes each of those,
 so an edit to the reference model or an upgraded exporter is a miss, never a stale graph.
 
-The folder is `$QIEDGE_CACHE/traces`, by default under `$XDG_CACHE_HOME/qiedge` (`~/.cache`);
-`QIEDGE_CACHE=off` traces every time. Entries are written whole (a temporary file, then renamed)
-and a lock per key makes concurrent exports of one graph trace it once.
+Entries live in `$QIEDGE_CACHE/traces` (core/disk_cache.py: where, how they are written, and
+`QIEDGE_CACHE=off`).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib
-import importlib.metadata
-import os
-import warnings
 from collections.abc import Callable
-from pathlib import Path
 
-from qiedge.core.files import write_atomic
+from qiedge.core import disk_cache
 
 # What the traced graph runs: its wrappers and specs, the reference model, the contract.
 CODE = ("qiedge.export", "qiedge.reference_model", "qiedge.core")
@@ -32,64 +24,14 @@ LIBRARIES = ("torch", "transformers", "onnx", "onnxscript", "onnx-ir")
 UNBOUND = "unbound"
 
 
-def folder() -> Path | None:
-    """The traces folder, or None when the cache is off."""
-    root = os.environ.get("QIEDGE_CACHE")
-    if root == "off":
-        return None
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qiedge"
-    return Path(root) / "traces"
-
-
-@functools.cache
-def _environment() -> str:
-    """A digest of the code and library versions every trace depends on."""
-    digest = hashlib.sha256()
-    for package in CODE:
-        root = Path(importlib.import_module(package).__file__).parent
-        for path in sorted(root.rglob("*.py")):
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    for name in LIBRARIES:
-        digest.update(f"{name}=={importlib.metadata.version(name)}\0".encode())
-    return digest.hexdigest()
-
-
 def key(*parts) -> str:
     """The cache key of a trace described by `parts` (their reprs) in this environment."""
-    digest = hashlib.sha256(_environment().encode())
-    for part in parts:
-        digest.update(repr(part).encode() + b"\0")
-    return digest.hexdigest()[:32]
+    return disk_cache.key(disk_cache.environment(CODE, LIBRARIES), *parts)
 
 
 def cached(name: str, make: Callable[[], bytes]) -> bytes:
-    """The trace stored under `name`, else `make()`'s, stored for next time. A cache that cannot
-    be written costs the saving, not the export."""
-    root = folder()
-    if root is None:
-        return make()
-    from filelock import FileLock
-
-    path = root / f"{name}.onnx"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(path) + ".lock")
-        lock.acquire()
-    except OSError as e:
-        warnings.warn(f"trace cache {root} is not usable ({e}); tracing without it", stacklevel=2)
-        return make()
-    try:
-        if path.exists():
-            return path.read_bytes()
-        data = make()
-        try:
-            write_atomic(path, data)
-        except OSError as e:
-            warnings.warn(f"trace cache: could not store {path.name} ({e})", stacklevel=2)
-        return data
-    finally:
-        lock.release()
+    """The trace stored under `name`, else `make()`'s, stored for next time."""
+    return disk_cache.cached("traces", f"{name}.onnx", make)
 
 
 def dumps(model) -> bytes:

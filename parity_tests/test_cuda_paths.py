@@ -152,7 +152,7 @@ def test_quantized_on_the_device_keeps_the_image(fmt, demo_fp32):
     recipe = Recipe.load(fmt)
     recipe = replace(recipe, calibration_set=replace(recipe.calibration_set, count=8, cfg_prompts=1))
     backend = CudaBackend(
-        ModelDir.open(demo_model_dir()), fmt, quantizer(demo_model_dir(), recipe, log=lambda m: None), "cpu", False
+        ModelDir.open(demo_model_dir()), fmt, quantizer(demo_model_dir(), recipe, lambda m: None, "cpu"), "cpu", False
     )
     layers = [m for m in backend.reference("transformer").modules() if isinstance(m, RealQuantLinear)]
     assert layers and all(m.fmt == fmt for m in layers)

@@ -7,25 +7,38 @@ sample of |x| for percentile calibration. For FP8 attention, each block's attent
 max |x| of what its two matmuls read: q and k each times sqrt(1/sqrt(head_dim)) (the softmax
 scale split between them, as the exported graph does), and v. Same recipe and model, same
 statistics.
+
+The statistics depend on the model's files, the calibration set and the code, not on the rest of
+the recipe (every shipped recipe calibrates on the same set), so they are kept on disk
+(`$QIEDGE_CACHE/calibrations`, core/disk_cache.py) and another recipe, `quantize` run or `cuda`
+backend load of the same model reads them back.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
-from collections.abc import Iterator
+import io
+import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from qiedge.core import disk_cache
+from qiedge.reference_model.model_dir import ModelDir
 from qiedge.reference_model.transformer import Attention
 from qiedge.runtime.runner import open_runtime
-from qiedge.runtime.sampler import Request, generate
+from qiedge.runtime.sampler import Request, Sessions, generate
 from torch import nn
 
 from .recipe import Recipe
 
 SAMPLES_PER_CALL = 256
+# What the statistics are computed by: the pipeline, the reference model and the hooks here.
+CODE = ("qiedge.quantization", "qiedge.runtime", "qiedge.reference_model", "qiedge.core")
+LIBRARIES = ("torch", "transformers", "numpy")
 
 
 @dataclass
@@ -51,6 +64,36 @@ class Calibration:
         for name in sorted(self.attention):
             h.update(name.encode() + np.asarray(self.attention[name], np.float32).tobytes())
         return h.hexdigest()
+
+    def dumps(self) -> bytes:
+        """The statistics as an .npz (no pickles); each layer's samples as one array."""
+        arrays = {"settings": np.array(json.dumps(self.settings))}
+        for name, stats in self.layers.items():
+            arrays[f"layer/{name}/channel_absmax"] = stats.channel_absmax
+            arrays[f"layer/{name}/absmax"] = np.array(stats.absmax)
+            arrays[f"layer/{name}/samples"] = np.concatenate(stats.samples or [np.zeros(0, np.float32)])
+        for name, seen in self.attention.items():
+            arrays[f"attention/{name}"] = np.array(seen)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def loads(cls, data: bytes) -> Calibration:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            layers, attention = {}, {}
+            for key in arrays.files:
+                kind, _, rest = key.partition("/")
+                if kind == "attention":
+                    attention[rest] = arrays[key].tolist()
+                elif kind == "layer" and rest.endswith("/absmax"):
+                    name = rest.removesuffix("/absmax")
+                    layers[name] = LayerStats(
+                        arrays[f"layer/{name}/channel_absmax"],
+                        float(arrays[key]),
+                        [arrays[f"layer/{name}/samples"]],
+                    )
+            return cls(layers, json.loads(str(arrays["settings"])), attention)
 
 
 def linear_layers(transformer: nn.Module) -> dict[str, nn.Linear]:
@@ -110,28 +153,62 @@ def recording_attention(transformer: nn.Module) -> Iterator[dict[str, list[float
             del module.attend
 
 
-def calibrate(model_path, recipe: Recipe, on_request=None) -> Calibration:
-    """Run the calibration trajectories on the torch reference with recording hooks."""
-    runtime = open_runtime(model=model_path, backend="torch")
-    transformer = runtime.backend.reference("transformer")
-    with recording(transformer, recipe.calibration_set.seed) as layers, recording_attention(transformer) as attention:
-        for request in calibration_requests(recipe):
-            generate(request, runtime.facts, runtime.sessions)
-            if on_request:
-                on_request()
-    c = recipe.calibration_set
-    return Calibration(
-        layers,
-        {
-            "prompts": len(c.prompt_list()),
-            "seed": c.seed,
-            "size": c.size,
-            "trajectories": list(c.trajectories),
-            "cfg": c.cfg,
-            "cfg_prompts": c.cfg_prompts,
-        },
-        attention if recipe.attention == "fp8" else {},
+def calibrate(model_path, recipe: Recipe, log: Callable[[str], None] = print, device: str | None = None) -> Calibration:
+    """The statistics of the recipe's calibration trajectories on `model_path`: recorded by hooks
+    on the fp32 reference (on the host, or on `device` through the cuda backend's sessions), or
+    read back from the cache where this model, set and code were calibrated before."""
+    model, c = ModelDir.open(model_path), recipe.calibration_set
+    prompts = c.prompt_list()
+    name = disk_cache.key(
+        disk_cache.environment(CODE, LIBRARIES),
+        model.fingerprint(),
+        prompts,
+        [c.seed, c.size, list(c.trajectories), c.cfg, c.cfg_prompts, SAMPLES_PER_CALL],
+        device,
     )
+
+    def record() -> bytes:
+        log(f"calibrating on {len(prompts)} prompts ({', '.join(c.trajectories)})")
+        data = _record(model, recipe, device).dumps()
+        gc.collect()  # the fp32 reference's modules, in reference cycles, before the caller loads its own
+        return data
+
+    calibration = Calibration.loads(disk_cache.cached("calibrations", f"{name}.npz", record))
+    if recipe.attention != "fp8":
+        calibration.attention = {}
+    return calibration
+
+
+def _record(model: ModelDir, recipe: Recipe, device: str | None) -> Calibration:
+    facts, sessions, transformer = _reference(model, device)
+    c = recipe.calibration_set
+    with recording(transformer, c.seed) as layers, recording_attention(transformer) as attention:
+        for request in calibration_requests(recipe):
+            generate(request, facts, sessions)
+    settings = {
+        "prompts": len(c.prompt_list()),
+        "seed": c.seed,
+        "size": c.size,
+        "trajectories": list(c.trajectories),
+        "cfg": c.cfg,
+        "cfg_prompts": c.cfg_prompts,
+    }
+    return Calibration(layers, settings, attention)
+
+
+def _reference(model: ModelDir, device: str | None):
+    """(facts, sessions, the transformer they run) of the fp32 reference: the torch backend's on
+    the host, the cuda backend's on a device (where a 7B model calibrates in minutes, not hours)."""
+    if device is None:
+        runtime = open_runtime(model=model.path, backend="torch")
+        return runtime.facts, runtime.sessions, runtime.backend.reference("transformer")
+    from qiedge.core.artifacts import ModelFacts
+    from qiedge.runtime.backends.cuda import CudaBackend
+
+    backend = CudaBackend(model, device=device, compile=False, dtype=torch.float32)
+    facts = ModelFacts.from_model_dir(model)
+    sessions = Sessions(backend.prompt_encoder(facts), backend.load, arrays=backend.arrays)
+    return facts, sessions, backend.reference("transformer")
 
 
 def calibration_requests(recipe: Recipe) -> list[Request]:

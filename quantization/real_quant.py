@@ -86,14 +86,14 @@ def real_quantized(transformer: nn.Module, quants: dict[str, LayerQuant], fmt: s
     return replace_linears(transformer, taken, lambda linear, q: RealQuantLinear(linear, q, fmt)), unfit
 
 
-def quantizer(model_path, recipe: Recipe, log=print):
+def quantizer(model_path, recipe: Recipe, log=print, device: str = "cuda"):
     """For the cuda backend: a function that puts a loaded fp32 transformer on real matmuls in the
-    recipe's format, with its layers and scales, calibrated as `qiedge quantize` calibrates."""
+    recipe's format, with its layers and scales, calibrated as `qiedge quantize` calibrates but on
+    `device` (or read back from the calibration cache)."""
     fmt = recipe.format
 
     def quantize(transformer: nn.Module) -> nn.Module:
-        log(f"calibrating {fmt} on {len(recipe.calibration_set.prompt_list())} prompts (the {recipe.name} recipe)")
-        calibration = calibrate(model_path, recipe)
+        calibration = calibrate(model_path, recipe, log, device)
         layers = recipe.quantized_layers(list(linear_layers(transformer)), len(transformer.transformer_blocks))
         quantized, unfit = real_quantized(transformer, layer_quants(transformer, recipe, calibration, layers), fmt)
         if unfit:

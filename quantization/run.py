@@ -111,12 +111,7 @@ def quantize(
     evaluation = Evaluation.on(prompt_set(eval_prompts, EVAL_PROMPTS), EVAL_SIZE)  # a bad file fails before any work
     if recipe.activations == "dynamic" and target != "onnx":
         raise ValueError(f"recipe {recipe.name} (dynamic activations) runs on ONNX Runtime: use --target onnx")
-    if recipe.calibrated:
-        log(
-            f"calibrating on {len(recipe.calibration_set.prompt_list())} prompts "
-            f"({', '.join(recipe.calibration_set.trajectories)})"
-        )
-    calibration = calibrate(model.path, recipe) if recipe.calibrated else None
+    calibration = calibrate(model.path, recipe, log) if recipe.calibrated else None
     judge = Judge(model.path, evaluation)
     all_layers = list(linear_layers(judge.reference))
     layers = recipe.quantized_layers(all_layers, model.transformer.num_layers)

@@ -39,7 +39,7 @@ def test_a_read_back_trace_exports_the_same_files(tmp_path, monkeypatch):
 def test_an_unusable_cache_warns_and_exports(tmp_path, monkeypatch):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
-    with pytest.warns(UserWarning, match="trace cache .* is not usable"):
+    with pytest.warns(UserWarning, match="the traces cache .* is not usable"):
         files = _export(tmp_path / "out", not_a_folder, monkeypatch)
     assert any(path.suffix == ".onnx" for path in files)
 

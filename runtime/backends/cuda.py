@@ -11,7 +11,8 @@
   `quantize` function the caller passes (quantization/real_quant.py: the shipped recipe's layers
   and calibrated scales), applied to the fp32 weights before the cast to bf16.
 
-`device` and `compile` exist for CI, which runs the same sessions on the CPU.
+`device` and `compile` exist for CI, which runs the same sessions on the CPU; `dtype` for
+calibration, which runs the fp32 reference on the GPU (quantization/calibrate.py).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class CudaBackend:
         quantize: Callable | None = None,
         device: str = "cuda",
         compile: bool | None = None,
+        dtype=None,
     ):
         import torch
 
@@ -109,13 +111,16 @@ class CudaBackend:
         if device == "cuda":
             _check_gpu(precision)
         self.model, self.precision, self.quantize = model, precision, quantize
-        self.device, self.dtype = torch.device(device), torch.bfloat16
+        self.device, self.dtype = torch.device(device), dtype or torch.bfloat16
         self.compile = self.device.type == "cuda" if compile is None else compile
         self.arrays = DeviceArrays(self.device)
         self._modules = {}
+        if quantize is not None:  # first, while the device is empty: calibration may run fp32 there
+            self.reference("transformer")
 
     def reference(self, weights: str):
-        """The reference module of one weights folder on the device, in bf16 (shared by sessions)."""
+        """The reference module of one weights folder on the device, in the backend's dtype (shared
+        by sessions)."""
         if weights not in self._modules:
             self._modules[weights] = self._load(weights)
         return self._modules[weights]
@@ -130,9 +135,9 @@ class CudaBackend:
             return m.load_vae(dtype, device).eval()
         if self.quantize is None:
             module = m.load_transformer(dtype, device)
-        else:  # scales from the fp32 weights, as the Q/DQ graphs take them
-            # The scales' buffers are made on the host: moved with the rest.
-            module = self.quantize(m.load_transformer(torch.float32, device)).to(device, dtype)
+        else:  # scales from the fp32 weights, as the Q/DQ graphs take them; on the host, where
+            # the weights wait while a calibration has the device, then moved with the scales.
+            module = self.quantize(m.load_transformer(torch.float32)).to(device, dtype)
         if self.compile:
             # Prefix and step, masked and not, kept and quantized blocks: more graphs than
             # dynamo's default of 8 before it falls back to eager without a word.
@@ -149,7 +154,7 @@ class CudaBackend:
         return DeviceSession(module, spec, self.dtype, self.device, keep_dtype=component == "transformer_prefix")
 
     def prompt_encoder(self, facts):
-        """transformers' processor and model (text and condition images), on the device in bf16."""
+        """transformers' processor and model (text and condition images), on the device."""
         return self.model.load_condition_encoder(self.dtype, str(self.device))
 
 
