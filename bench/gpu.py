@@ -127,7 +127,8 @@ def calibrated(preset, fmt: str, size: int, text: int, device):
 
     recipe = Recipe.load(fmt)
 
-    def quantize(transformer):
+    def quantize(load):
+        transformer = load()
         prefix_feeds, feeds = step_feeds(preset, size, text, device)
         sessions = [
             DeviceSession(SPECS[c].wrapper(transformer), SPECS[c], torch.float32, device, True)
@@ -239,6 +240,35 @@ def image_seconds(sessions, facts, sizes: list[int], device, runs: int) -> list[
     return [median_ms(lambda r=r: generate(r, facts, sessions), device, max(1, runs // 2)) / 1e3 for r in requests]
 
 
+def vae_rows(args, device) -> list[list]:
+    """The bf16 VAE decoder of the preset at each size, whole and in 512 px tiles (a quarter
+    overlapping, runtime/tiled_vae.py, on the device's tensors): ms and the peak of GPU memory."""
+    from qiedge.core.units import PIXELS_PER_TOKEN
+    from qiedge.reference_model.presets import get_preset
+    from qiedge.runtime.backends.cuda import CudaBackend
+    from qiedge.runtime.tiled_vae import TiledDecoder, tiling_for
+
+    preset = get_preset(args.preset)
+    backend = CudaBackend(RandomModel(preset), "bf16", device=str(device))
+    whole = backend.load("vae_decoder")
+    tiled = TiledDecoder(whole, tiling_for(512), backend.arrays)
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        side = size // PIXELS_PER_TOKEN
+        latents = torch.randn(1, preset.vae.z_dim, side, side, device=device)
+        for name, session in (("whole", whole), ("512 px tiles", tiled)):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            feeds = {"latents": latents}
+            ms = median_ms(lambda s=session, f=feeds: s.run(f), device, max(1, args.runs // 2))
+            peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if device.type == "cuda" else "-"
+            rows.append([f"{size}x{size}", name, ms, peak])
+    del backend, whole, tiled
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
 def _facts(preset, scheduler):
     from qiedge.core.artifacts import ModelFacts
     from qiedge.core.vision import VisionFacts
@@ -310,6 +340,7 @@ def main() -> None:
     publish(
         "Whole 4-step image (encode, prefix, 4 steps, VAE decode), s:\n\n" + table(["precision", *sizes], image_rows)
     )
+    publish("VAE decoder, bf16:\n\n" + table(["size", "decode", "ms", "peak GPU memory GiB"], vae_rows(args, device)))
     torch._dynamo.reset()
     accuracy = demo_accuracy(args, device)
     publish(

@@ -18,8 +18,11 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .files import sweep_stale, write_atomic
+
+T = TypeVar("T")
 
 
 def folder(kind: str) -> Path | None:
@@ -54,11 +57,12 @@ def key(environment: str, *parts) -> str:
     return digest.hexdigest()[:32]
 
 
-def cached(kind: str, name: str, make: Callable[[], bytes]) -> bytes:
-    """The entry `name` of `kind`, else `make()`'s result, stored for next time."""
+def cached(kind: str, name: str, make: Callable[[], bytes], load: Callable[[bytes], T]) -> T:
+    """`load` of the entry `name` of `kind`, else of `make()`'s bytes, stored for next time. An
+    entry that cannot be read or loaded (a crash mid-write, a damaged disk) is made again."""
     root = folder(kind)
     if root is None:
-        return make()
+        return load(make())
     from filelock import FileLock  # the [torch] extra's: only the torch side makes cached results
 
     path = root / name
@@ -68,16 +72,19 @@ def cached(kind: str, name: str, make: Callable[[], bytes]) -> bytes:
         lock.acquire()
     except OSError as e:
         warnings.warn(f"the {kind} cache {root} is not usable ({e}); going on without it", stacklevel=2)
-        return make()
+        return load(make())
     try:
         if path.exists():
-            return path.read_bytes()
+            try:
+                return load(path.read_bytes())
+            except Exception as e:  # whatever `load` raises on bad bytes: the entry is replaced
+                warnings.warn(f"the {kind} cache: {path.name} is damaged ({e}); making it again", stacklevel=2)
         data = make()
         try:
             sweep_stale(path)  # what a killed maker of this entry left
             write_atomic(path, data)
         except OSError as e:
             warnings.warn(f"the {kind} cache: could not store {path.name} ({e})", stacklevel=2)
-        return data
+        return load(data)
     finally:
         lock.release()

@@ -74,9 +74,7 @@ def trace(spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype):
     with torch.device("meta"):
         module = spec.build(configs).to(device="meta", dtype=precision).eval()
     key = trace_key(spec, configs, precision, module)
-    return trace_cache.loads(
-        trace_cache.cached(key, lambda: trace_cache.dumps(_traced(module, spec, configs, precision)))
-    )
+    return trace_cache.cached(key, lambda: trace_cache.dumps(_traced(module, spec, configs, precision)))
 
 
 def trace_key(spec: ComponentSpec, configs: ModelConfigs, precision: torch.dtype, module: torch.nn.Module) -> str:

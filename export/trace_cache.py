@@ -29,9 +29,10 @@ def key(*parts) -> str:
     return disk_cache.key(disk_cache.environment(CODE, LIBRARIES), *parts)
 
 
-def cached(name: str, make: Callable[[], bytes]) -> bytes:
-    """The trace stored under `name`, else `make()`'s, stored for next time."""
-    return disk_cache.cached("traces", f"{name}.onnx", make)
+def cached(name: str, make: Callable[[], bytes]):
+    """The trace stored under `name`, else `make()`'s (bytes, from `dumps`), stored for next
+    time; an onnx_ir model either way."""
+    return disk_cache.cached("traces", f"{name}.onnx", make, loads)
 
 
 def dumps(model) -> bytes:

@@ -24,6 +24,7 @@ from qiedge.runtime.backends import cuda
 from qiedge.runtime.backends.cuda import CudaBackend, DeviceArrays, DeviceSession
 from qiedge.runtime.runner import open_runtime
 from qiedge.runtime.sampler import Request, Sessions, generate, to_uint8
+from qiedge.runtime.tiled_vae import TiledDecoder, Tiling
 
 from .conftest import rel_l2
 
@@ -68,6 +69,20 @@ def test_the_sampler_on_tensors_draws_what_it_draws_on_numpy(tiny_dir, case):
     assert np.abs(on_device - on_host).max() <= 1e-5
     step_feeds = seen - {np.ndarray}  # only the prefix's first feeds come from the host layout
     assert torch.Tensor in seen and step_feeds == {torch.Tensor}
+
+
+def test_tiles_decode_on_device_tensors_as_on_numpy(tiny_dir):
+    runtime = open_runtime(model=tiny_dir, backend="torch")
+    spec = SPECS["vae_decoder"]
+    module = spec.wrapper(runtime.backend.reference(spec.weights)).eval()
+    device = DeviceSession(module, spec, torch.float32, torch.device("cpu"), keep_dtype=False)
+    tiling = Tiling(4, 3)  # 64 px tiles every 48 px
+    latents = np.random.default_rng(5).standard_normal((1, 64, 7, 13), dtype=np.float32)
+    on_host = TiledDecoder(runtime.sessions["vae_decoder"], tiling).run({"latents": latents})["image"]
+    arrays = DeviceArrays(torch.device("cpu"))
+    on_device = TiledDecoder(device, tiling, arrays).run({"latents": arrays.put(latents)})["image"]
+    assert isinstance(on_device, torch.Tensor) and on_device.shape == on_host.shape == (1, 4, 7 * 16, 13 * 16)
+    np.testing.assert_array_equal(on_device.numpy(), on_host)  # the same module and blend, on tensors
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ max |x| of what its two matmuls read: q and k each times sqrt(1/sqrt(head_dim)) 
 scale split between them, as the exported graph does), and v. Same recipe and model, same
 statistics.
 
-The statistics depend on the model's files, the calibration set and the code, not on the rest of
-the recipe (every shipped recipe calibrates on the same set), so they are kept on disk
-(`$QIEDGE_CACHE/calibrations`, core/disk_cache.py) and another recipe, `quantize` run or `cuda`
-backend load of the same model reads them back.
+The statistics depend on the model's files, the calibration set, the code and where the fp32
+reference ran (the host, or which GPU), not on the rest of the recipe (every shipped recipe
+calibrates on the same set), so they are kept on disk (`$QIEDGE_CACHE/calibrations`,
+core/disk_cache.py): another recipe or `quantize` run of the same model reads them back, and so
+does every `cuda` backend load after the first on the same GPU.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from torch import nn
 from .recipe import Recipe
 
 SAMPLES_PER_CALL = 256
-# What the statistics are computed by: the pipeline, the reference model and the hooks here.
-CODE = ("qiedge.quantization", "qiedge.runtime", "qiedge.reference_model", "qiedge.core")
+# What the statistics are computed by: the pipeline, the reference model, the wrappers the
+# backends run it through, and the hooks here.
+CODE = ("qiedge.quantization", "qiedge.runtime", "qiedge.export", "qiedge.reference_model", "qiedge.core")
 LIBRARIES = ("torch", "transformers", "numpy")
 
 
@@ -164,19 +166,32 @@ def calibrate(model_path, recipe: Recipe, log: Callable[[str], None] = print, de
         model.fingerprint(),
         prompts,
         [c.seed, c.size, list(c.trajectories), c.cfg, c.cfg_prompts, SAMPLES_PER_CALL],
-        device,
+        _arithmetic(device),
     )
 
     def record() -> bytes:
         log(f"calibrating on {len(prompts)} prompts ({', '.join(c.trajectories)})")
         data = _record(model, recipe, device).dumps()
         gc.collect()  # the fp32 reference's modules, in reference cycles, before the caller loads its own
+        if device is not None and torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
         return data
 
-    calibration = Calibration.loads(disk_cache.cached("calibrations", f"{name}.npz", record))
+    calibration = disk_cache.cached("calibrations", f"{name}.npz", record, Calibration.loads)
     if recipe.attention != "fp8":
         calibration.attention = {}
     return calibration
+
+
+def _arithmetic(device: str | None):
+    """What of the device the statistics depend on: the host's fp32 reference; a device's kind,
+    and a GPU's name and whether its fp32 matmuls may round to TF32."""
+    if device is None:
+        return None
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    return torch.cuda.get_device_name(device), torch.backends.cuda.matmul.allow_tf32
 
 
 def _record(model: ModelDir, recipe: Recipe, device: str | None) -> Calibration:

@@ -10,6 +10,8 @@ too, which is how CI checks the packing and the arithmetic against the fake-quan
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -87,13 +89,14 @@ def real_quantized(transformer: nn.Module, quants: dict[str, LayerQuant], fmt: s
 
 
 def quantizer(model_path, recipe: Recipe, log=print, device: str = "cuda"):
-    """For the cuda backend: a function that puts a loaded fp32 transformer on real matmuls in the
-    recipe's format, with its layers and scales, calibrated as `qiedge quantize` calibrates but on
-    `device` (or read back from the calibration cache)."""
+    """For the cuda backend: a function that loads the fp32 transformer (through the loader it is
+    given) and puts it on real matmuls in the recipe's format, with its layers and scales,
+    calibrated as `qiedge quantize` calibrates but on `device` (or read back from the cache)."""
     fmt = recipe.format
 
-    def quantize(transformer: nn.Module) -> nn.Module:
-        calibration = calibrate(model_path, recipe, log, device)
+    def quantize(load: Callable[[], nn.Module]) -> nn.Module:
+        calibration = calibrate(model_path, recipe, log, device)  # before the weights take the device
+        transformer = load()
         layers = recipe.quantized_layers(list(linear_layers(transformer)), len(transformer.transformer_blocks))
         quantized, unfit = real_quantized(transformer, layer_quants(transformer, recipe, calibration, layers), fmt)
         if unfit:
@@ -119,7 +122,7 @@ def on_device(judge, model_path, quants: dict[str, LayerQuant], fmt: str, device
     from qiedge.reference_model.model_dir import ModelDir
     from qiedge.runtime.backends.cuda import CudaBackend
 
-    backend = CudaBackend(ModelDir.open(model_path), fmt, lambda t: real_quantized(t, quants, fmt)[0], device)
+    backend = CudaBackend(ModelDir.open(model_path), fmt, lambda load: real_quantized(load(), quants, fmt)[0], device)
     prefix, step = (OnHost(backend.load(c), backend.arrays) for c in ("transformer_prefix", "transformer_step"))
     name = torch.cuda.get_device_name() if backend.device.type == "cuda" else str(backend.device)
     return {

@@ -10,6 +10,7 @@ Reading configs needs no torch; loading or writing weights imports it when calle
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -81,12 +82,12 @@ class ModelDir:
         )
 
     def fingerprint(self) -> str:
-        """sha256 over every file's path and content: the identity of these exact weights."""
-        digest = hashlib.sha256()
-        for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
-            digest.update(file.relative_to(self.path).as_posix().encode() + b"\0")
-            digest.update(sha256_file(file).encode())
-        return digest.hexdigest()
+        """sha256 over every file's path and content: the identity of these exact weights. Hashed
+        once per process while no file's size or modification time changes (a 7B checkpoint is
+        about 30 GB, and one `quantize` run asks several times)."""
+        files = sorted(p for p in self.path.rglob("*") if p.is_file())
+        listing = tuple((f.relative_to(self.path).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+        return _fingerprint(self.path.resolve(), listing)
 
     @property
     def encoder_config(self) -> dict:
@@ -124,6 +125,15 @@ class ModelDir:
         with _named(self.path / "processor"):
             processor = Qwen3VLProcessor.from_pretrained(self.path / "processor", local_files_only=True)
         return ConditionEncoder(model.to(device).eval(), processor)
+
+
+@functools.cache
+def _fingerprint(root: Path, listing: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in listing:
+        digest.update(name.encode() + b"\0")
+        digest.update(sha256_file(root / name).encode())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

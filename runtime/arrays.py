@@ -20,6 +20,8 @@ class Arrays(Protocol):
 
     def finite(self, value: Any) -> bool: ...  # no NaN or Inf in it (computed where it lives)
 
+    def concat(self, values: list, axis: int) -> Any: ...  # joined along `axis`, where they live
+
 
 class HostArrays:
     def put(self, value: np.ndarray) -> np.ndarray:
@@ -31,6 +33,9 @@ class HostArrays:
     def finite(self, value) -> bool:
         array = np.asarray(value)
         return not np.issubdtype(array.dtype, np.inexact) or bool(np.isfinite(array).all())
+
+    def concat(self, values: list, axis: int) -> np.ndarray:
+        return np.concatenate(values, axis=axis)
 
 
 HOST = HostArrays()

@@ -9,7 +9,6 @@ from qiedge.core.artifacts import Artifacts, ModelFacts
 from qiedge.core.units import PIXELS_PER_TOKEN
 
 from . import auto, ort_int8
-from .arrays import HOST
 from .auto import BACKENDS
 from .backends import REGISTRY, Backend, backend_for, open_backend
 from .hardware import detect
@@ -116,9 +115,7 @@ def open_runtime(
     for component in TEXT_TO_IMAGE:  # verified and loaded now, so a bad artifact fails before sampling
         sessions[component]
     if vae_tiling is not None:
-        if main.arrays is not HOST:
-            raise ValueError(f"--vae-tile runs on the CPU backends' arrays, not {choice.backend}'s")
-        sessions = sessions.replacing(vae_decoder=TiledDecoder(sessions["vae_decoder"], vae_tiling))
+        sessions = sessions.replacing(vae_decoder=TiledDecoder(sessions["vae_decoder"], vae_tiling, main.arrays))
     source, source_hash = (
         (str(store.path), store.manifest["source"]["model_hash"])
         if store

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from qiedge.core.units import PIXELS_PER_TOKEN
 
+from .arrays import HOST, Arrays
+
 
 @dataclass(frozen=True)
 class Tiling:
@@ -34,12 +36,13 @@ def tiling_for(pixels: int) -> Tiling:
 
 
 class TiledDecoder:
-    """A `vae_decoder` session that decodes latents larger than one tile tile by tile."""
+    """A `vae_decoder` session that decodes latents larger than one tile tile by tile, in the
+    session's own arrays (runtime/arrays.py): NumPy, or a GPU backend's device tensors."""
 
-    def __init__(self, session, tiling: Tiling):
-        self.session, self.tiling = session, tiling
+    def __init__(self, session, tiling: Tiling, arrays: Arrays = HOST):
+        self.session, self.tiling, self.arrays = session, tiling, arrays
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict) -> dict:
         latents = feeds["latents"]
         _, _, height, width = latents.shape
         tile, stride = self.tiling.tile, self.tiling.stride
@@ -55,33 +58,34 @@ class TiledDecoder:
             kept = []
             for j, decoded in enumerate(row):
                 if i > 0:
-                    decoded = _blend(rows[i - 1][j], decoded, blend, axis=2)
+                    decoded = self._blend(rows[i - 1][j], decoded, blend, axis=2)
                 if j > 0:
-                    decoded = _blend(row[j - 1], decoded, blend, axis=3)
+                    decoded = self._blend(row[j - 1], decoded, blend, axis=3)
                 row[j] = decoded
                 kept.append(decoded[:, :, :keep, :keep])
-            out_rows.append(np.concatenate(kept, axis=3))
-        image = np.concatenate(out_rows, axis=2)[:, :, : height * PIXELS_PER_TOKEN, : width * PIXELS_PER_TOKEN]
-        return {"image": np.ascontiguousarray(image)}
+            out_rows.append(self.arrays.concat(kept, axis=3))
+        image = self.arrays.concat(out_rows, axis=2)
+        return {"image": image[:, :, : height * PIXELS_PER_TOKEN, : width * PIXELS_PER_TOKEN]}
 
-    def _decode(self, latents: np.ndarray) -> np.ndarray:
-        return self.session.run({"latents": np.ascontiguousarray(latents)})["image"]
+    def _decode(self, latents):
+        return self.session.run({"latents": latents})["image"]  # every backend's sessions take views
+
+    def _blend(self, before, tile, extent: int, axis: int):
+        """`tile` with its first `extent` rows (axis 2) or columns (axis 3) faded in from the end
+        of `before`: diffusers' blend_v / blend_h, weights y / extent in float32."""
+        extent = min(before.shape[axis], tile.shape[axis], extent)
+        if extent == 0:
+            return tile
+        shape = [1, 1, 1, 1]
+        shape[axis] = extent
+        ramp = np.arange(extent, dtype=np.float64) / extent  # Python floats there, rounded to float32 per term
+        fade_in, fade_out = (self.arrays.put(w.astype(np.float32).reshape(shape)) for w in (ramp, 1 - ramp))
+        head, rest = _span(tile, axis, 0, extent), _span(tile, axis, extent, None)
+        tail = _span(before, axis, before.shape[axis] - extent, None)
+        return self.arrays.concat([tail * fade_out + head * fade_in, rest], axis=axis)
 
 
-def _blend(before: np.ndarray, tile: np.ndarray, extent: int, axis: int) -> np.ndarray:
-    """`tile` with its first `extent` rows (axis 2) or columns (axis 3) faded in from the end of
-    `before`: diffusers' blend_v / blend_h, weights y / extent in float32."""
-    extent = min(before.shape[axis], tile.shape[axis], extent)
-    if extent == 0:
-        return tile
-    shape = [1, 1, 1, 1]
-    shape[axis] = extent
-    ramp = np.arange(extent, dtype=np.float64) / extent  # Python floats there, rounded to float32 per term
-    fade_in, fade_out = (w.astype(np.float32).reshape(shape) for w in (ramp, 1 - ramp))
-    head = np.take(tile, range(extent), axis=axis)
-    tail = np.take(before, range(before.shape[axis] - extent, before.shape[axis]), axis=axis)
-    blended = tile.copy()
+def _span(value, axis: int, start: int, stop: int | None):
     index = [slice(None)] * 4
-    index[axis] = slice(0, extent)
-    blended[tuple(index)] = tail * fade_out + head * fade_in
-    return blended
+    index[axis] = slice(start, stop)
+    return value[tuple(index)]

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=("bf16", "fp8", "int8"),
         help="--backend cuda only: bf16 (default), or the transformer's recipe layers on real FP8 / INT8 matmuls "
-        "(calibrated at load with the shipped recipe)",
+        "(the shipped recipe, calibrated on the GPU at the first load, then read from the calibration cache)",
     )
     p.add_argument("--image", action="append", default=[], help="condition image for editing (repeatable)")
     p.add_argument("--width", type=int, default=256)

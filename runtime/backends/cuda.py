@@ -9,7 +9,8 @@
   sampler computes with (velocity, image) comes back fp32;
 - fp8 / int8: the transformer's quantized layers on real FP8 or INT8 matmuls, through a
   `quantize` function the caller passes (quantization/real_quant.py: the shipped recipe's layers
-  and calibrated scales), applied to the fp32 weights before the cast to bf16.
+  and calibrated scales). It is given a loader of the fp32 transformer, so a calibration can
+  have the device before those weights take it, and returns the transformer to cast to bf16.
 
 `device` and `compile` exist for CI, which runs the same sessions on the CPU; `dtype` for
 calibration, which runs the fp32 reference on the GPU (quantization/calibrate.py).
@@ -52,6 +53,11 @@ class DeviceArrays:
         if not isinstance(value, torch.Tensor):
             return HOST.finite(value)
         return not value.is_floating_point() or bool(torch.isfinite(value).all())
+
+    def concat(self, values: list, axis: int):
+        import torch
+
+        return torch.cat(values, dim=axis)
 
 
 class DeviceSession:
@@ -135,9 +141,8 @@ class CudaBackend:
             return m.load_vae(dtype, device).eval()
         if self.quantize is None:
             module = m.load_transformer(dtype, device)
-        else:  # scales from the fp32 weights, as the Q/DQ graphs take them; on the host, where
-            # the weights wait while a calibration has the device, then moved with the scales.
-            module = self.quantize(m.load_transformer(torch.float32)).to(device, dtype)
+        else:  # scales from the fp32 weights, as the Q/DQ graphs take them
+            module = self.quantize(lambda: m.load_transformer(torch.float32, device)).to(device, dtype)
         if self.compile:
             # Prefix and step, masked and not, kept and quantized blocks: more graphs than
             # dynamo's default of 8 before it falls back to eager without a word.
