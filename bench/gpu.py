@@ -1,7 +1,8 @@
 """qiedge's cuda backend on one NVIDIA GPU: the 7B transformer's step per precision (against
-diffusers' one-shot forward when diffusers is installed), whole 4-step images, and the demo
-checkpoint's accuracy per precision against fp32 on the CPU. Sized to finish in about 5 minutes
-on an H100 or H200; writes its tables to bench/results/gpu-<card>.md.
+diffusers' one-shot forward when diffusers is installed), whole 4-step images, the VAE decoder
+whole and in tiles, and the demo checkpoint's accuracy per precision against fp32 on the CPU.
+Sized to finish in about 5 minutes on an H100 or H200; writes its tables to
+bench/results/gpu-<card>.md.
 
     python bench/gpu.py [--preset qwen-image-2-7b] [--sizes 1024,2048] [--text 1000] [--runs 5]
 
@@ -242,7 +243,8 @@ def image_seconds(sessions, facts, sizes: list[int], device, runs: int) -> list[
 
 def vae_rows(args, device) -> list[list]:
     """The bf16 VAE decoder of the preset at each size, whole and in 512 px tiles (a quarter
-    overlapping, runtime/tiled_vae.py, on the device's tensors): ms and the peak of GPU memory."""
+    overlapping, runtime/tiled_vae.py, on the device's tensors): ms, and the peak of GPU memory
+    above what the weights and latents hold."""
     from qiedge.core.units import PIXELS_PER_TOKEN
     from qiedge.reference_model.presets import get_preset
     from qiedge.runtime.backends.cuda import CudaBackend
@@ -258,10 +260,11 @@ def vae_rows(args, device) -> list[list]:
         latents = torch.randn(1, preset.vae.z_dim, side, side, device=device)
         for name, session in (("whole", whole), ("512 px tiles", tiled)):
             if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
+                torch.cuda.reset_peak_memory_stats(device)
+                held = torch.cuda.memory_allocated(device)  # the weights and the latents
             feeds = {"latents": latents}
             ms = median_ms(lambda s=session, f=feeds: s.run(f), device, max(1, args.runs // 2))
-            peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if device.type == "cuda" else "-"
+            peak = f"{(torch.cuda.max_memory_allocated(device) - held) / 2**30:.1f}" if device.type == "cuda" else "-"
             rows.append([f"{size}x{size}", name, ms, peak])
     del backend, whole, tiled
     if device.type == "cuda":
@@ -340,7 +343,7 @@ def main() -> None:
     publish(
         "Whole 4-step image (encode, prefix, 4 steps, VAE decode), s:\n\n" + table(["precision", *sizes], image_rows)
     )
-    publish("VAE decoder, bf16:\n\n" + table(["size", "decode", "ms", "peak GPU memory GiB"], vae_rows(args, device)))
+    publish("VAE decoder, bf16:\n\n" + table(["size", "decode", "ms", "activations' peak GiB"], vae_rows(args, device)))
     torch._dynamo.reset()
     accuracy = demo_accuracy(args, device)
     publish(

@@ -185,13 +185,13 @@ def calibrate(model_path, recipe: Recipe, log: Callable[[str], None] = print, de
 
 def _arithmetic(device: str | None):
     """What of the device the statistics depend on: the host's fp32 reference; a device's kind,
-    and a GPU's name and whether its fp32 matmuls may round to TF32."""
+    and a GPU's name and whether its fp32 matmuls may round (TF32: precision "high")."""
     if device is None:
         return None
     device = torch.device(device)
     if device.type != "cuda":
         return device.type
-    return torch.cuda.get_device_name(device), torch.backends.cuda.matmul.allow_tf32
+    return torch.cuda.get_device_name(device), torch.get_float32_matmul_precision()
 
 
 def _record(model: ModelDir, recipe: Recipe, device: str | None) -> Calibration:

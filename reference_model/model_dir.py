@@ -86,7 +86,7 @@ class ModelDir:
         once per process while no file's size or modification time changes (a 7B checkpoint is
         about 30 GB, and one `quantize` run asks several times)."""
         files = sorted(p for p in self.path.rglob("*") if p.is_file())
-        listing = tuple((f.relative_to(self.path).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+        listing = tuple((f.relative_to(self.path).as_posix(), *_identity(f.stat())) for f in files)
         return _fingerprint(self.path.resolve(), listing)
 
     @property
@@ -127,10 +127,16 @@ class ModelDir:
         return ConditionEncoder(model.to(device).eval(), processor)
 
 
-@functools.cache
-def _fingerprint(root: Path, listing: tuple[tuple[str, int, int], ...]) -> str:
+def _identity(stat) -> tuple[int, ...]:
+    """What changes when a file is written or replaced: ctime moves on any change (no copy keeps
+    it, unlike mtime), and another inode is another file."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(root: Path, listing: tuple[tuple, ...]) -> str:
     digest = hashlib.sha256()
-    for name, _, _ in listing:
+    for name, *_ in listing:
         digest.update(name.encode() + b"\0")
         digest.update(sha256_file(root / name).encode())
     return digest.hexdigest()

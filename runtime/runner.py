@@ -15,6 +15,9 @@ from .hardware import detect
 from .sampler import TEXT_TO_IMAGE, Request, Sessions, schedule_for
 from .tiled_vae import TiledDecoder, Tiling
 
+# Backends whose graphs take the exported sizes only (Core ML's buckets, TensorRT's profiles).
+FIXED_SHAPES = ("coreml", "tensorrt")
+
 
 @dataclass
 class Runtime:
@@ -107,6 +110,11 @@ def open_runtime(
     if store and request:
         _check_buckets(store, request)
         _check_editing(store, request, encoder_backend or choice.backend)
+    if vae_tiling is not None and choice.backend in FIXED_SHAPES:
+        raise ValueError(
+            f"--vae-tile: the {choice.backend} backend's VAE decoder takes the sizes it was exported for, and "
+            "tiles are sizes of their own; decode whole, or tile on onnxruntime, the torch backends or cuda"
+        )
     warning = auto.bf16_warning(detect()) if choice.backend == "torch-bf16" else None
     main = open_backend(choice.backend, model_dir, store, threads, **options)
     encoder = main if encoder_backend in (None, choice.backend) else open_backend(encoder_backend, model_dir, store)

@@ -234,6 +234,10 @@ def test_export_coreml_preset_and_generate_from_it(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("backend coreml: coreml artifacts")
     assert Image.open(out).size == (64, 32)
+    # Tiles are sizes no bucket holds: refused before anything loads, not after the steps.
+    tiled = qiedge("generate", "a", "--artifacts", str(art), "--width", "64", "--height", "32", "--vae-tile", "128",
+                   "--out", str(tmp_path / "tiled.png"))  # fmt: skip
+    assert tiled.returncode == 2 and "--vae-tile: the coreml backend's VAE decoder takes the sizes" in tiled.stderr
 
 
 def test_most_sensitive_layers_from_a_quantization_report(tmp_path):

@@ -42,3 +42,21 @@ def test_loads_strictly_and_exactly(tmp_path):
 def test_no_weights_is_a_clear_error(tmp_path):
     with pytest.raises(weights.WeightsError, match="no \\*.safetensors"):
         weights.weight_files(tmp_path)
+
+
+def test_a_model_directory_is_hashed_once_until_a_file_changes(tmp_path, monkeypatch):
+    from qiedge.reference_model import model_dir
+    from qiedge.reference_model.model_dir import ModelDir, init_model_dir
+
+    model = ModelDir.open(init_model_dir(TINY, tmp_path / "tiny"))
+    first = model.fingerprint()
+    hashed = []
+    sha256_file = model_dir.sha256_file
+    monkeypatch.setattr(model_dir, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    assert ModelDir.open(model.path).fingerprint() == first and hashed == []
+    config = model.path / "scheduler" / "scheduler_config.json"
+    text = config.read_text()
+    config.write_text(text.replace("1", "2", 1))  # the same size, another content
+    assert model.fingerprint() != first and hashed != []
+    config.write_text(text)
+    assert model.fingerprint() == first
