@@ -233,9 +233,9 @@ def test_a_faulty_quantized_model_is_measured_to_the_end(tiny_dir):
 
 
 def test_per_step_figures_along_the_recorded_trajectory_equal_running_fp32_beside(tiny_dir):
-    """The judge records fp32's steps once and measures a quantized model along them; the figures
-    are those of running fp32 beside the quantized model at every step, and a replay of other
-    requests is refused."""
+    """The judge records fp32's steps once and measures a quantized model along them, decoding no
+    image; the figures are those of running fp32 beside the quantized model at every step, and a
+    replay of other requests is refused."""
     import copy
 
     import torch
@@ -271,6 +271,12 @@ def test_per_step_figures_along_the_recorded_trajectory_equal_running_fp32_besid
     sessions = judge._sessions(BothPrefixes(), beside)
     for request in judge.evaluation.requests:
         generate(request, judge.runtime.facts, sessions, check_finite=False)
+
+    class NoDecoding:
+        def run(self, feeds):
+            raise AssertionError("a replay decoded an image: its figures are the velocities")
+
+    judge.runtime.sessions = judge.runtime.sessions.replacing(vae_decoder=NoDecoding())
     steps = judge.per_step_of(q_prefix, q_step)
     expected = np.array(beside.figures).reshape(len(judge.evaluation.requests), len(steps), 2)
     assert 0.5 < expected[..., 0].min() < 1 - 1e-6  # the perturbation shows
