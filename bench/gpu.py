@@ -245,10 +245,11 @@ def vae_rows(args, device) -> list[list]:
     """The bf16 VAE decoder of the preset at each size, whole and in 512 px tiles (a quarter
     overlapping, runtime/tiled_vae.py, on the device's tensors): ms, and the peak of GPU memory
     above what the weights and latents hold."""
+    from qiedge.core.tiles import tiling_for
     from qiedge.core.units import PIXELS_PER_TOKEN
     from qiedge.reference_model.presets import get_preset
     from qiedge.runtime.backends.cuda import CudaBackend
-    from qiedge.runtime.tiled_vae import TiledDecoder, tiling_for
+    from qiedge.runtime.tiled_vae import TiledDecoder
 
     preset = get_preset(args.preset)
     backend = CudaBackend(RandomModel(preset), "bf16", device=str(device))

@@ -22,7 +22,8 @@ import json, resource, sys, time
 import numpy as np
 from qiedge.core.artifacts import Artifacts
 from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
-from qiedge.runtime.tiled_vae import TiledDecoder, tiling_for
+from qiedge.core.tiles import tiling_for
+from qiedge.runtime.tiled_vae import TiledDecoder
 art, size, arena, tile = Artifacts.open(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "on", sys.argv[4]
 session = OnnxRuntimeBackend(art, arena=arena).load("vae_decoder")
 if tile != "none":

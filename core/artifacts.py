@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qiedge.core import typed
+from qiedge.core.buckets import Size, parse_sizes
 from qiedge.core.files import sha256_file
 from qiedge.core.scheduler import SchedulerConfig
+from qiedge.core.tiles import Tiling, tiling_for
 from qiedge.core.vision import VisionFacts
 
 MANIFEST = "manifest.json"
@@ -98,6 +100,35 @@ class Artifacts:
             raise
         except ValueError as e:
             raise ArtifactError(str(e)) from None
+
+    @functools.cached_property
+    def sizes(self) -> tuple[Size, ...]:
+        """The image sizes fixed-shape artifacts were exported for (Core ML's buckets, the span of
+        TensorRT's profiles); none where any size goes."""
+        section = self.manifest.get("buckets") or self.manifest.get("tensorrt")
+        sizes = section.get("sizes") if isinstance(section, dict) else None
+        if not sizes:
+            return ()
+        try:
+            return parse_sizes(",".join(sizes))
+        except (TypeError, ValueError) as e:
+            raise ArtifactError(f"{self.path / MANIFEST}: sizes {sizes!r} ({e})") from None
+
+    @functools.cached_property
+    def vae_tiling(self) -> Tiling | None:
+        """The tiles a fixed-shape VAE decoder was exported for (`export --vae-tile`); None: whole images."""
+        pixels = self.manifest.get("vae_tile")
+        if pixels is None:
+            return None
+        try:
+            if type(pixels) is not int:
+                raise ValueError
+            return tiling_for(pixels)
+        except ValueError:
+            raise ArtifactError(
+                f"{self.path / MANIFEST}: vae_tile {pixels!r} is not a tile's side "
+                "(a multiple of 64 px from 128 to 2048)"
+            ) from None
 
     def inside(self, relative: str) -> Path:
         """A path the manifest names, refused unless it stays inside the artifacts directory."""

@@ -4,9 +4,11 @@ chunk of the transformer).
 Core ML runs fastest on fixed shapes, so each graph is converted once per bucket (core/buckets.py:
 an image size, a prompt length, or both) and the buckets become functions of one package whose
 weights are stored once; the transformer's prefix and step graphs are functions of the same
-package. Where the Neural Engine may run it, the transformer is cut into chunks of at most
-`max_chunk_mb` of weights (export/chunks.py), each its own package. iOS17 has no multifunction
-packages, so there each graph is its own package with one bucket.
+package. With `vae_tile` the VAE decoder's buckets are the shapes of its tiles (core/tiles.py),
+so a phone decodes a large image a tile's activations at a time. Where the Neural Engine may
+run it, the transformer is cut into chunks of at most `max_chunk_mb` of weights
+(export/chunks.py), each its own package. iOS17 has no multifunction packages, so there each
+graph is its own package with one bucket.
 
 One stage, "convert" (export/stages.py runs it), one unit (a component or a chunk) at a time: its
 weights streamed from the source into the reference wrapper, then per bucket `torch.export` at
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 from qiedge.core.buckets import Size, functions
 from qiedge.core.coreml import coremltools
+from qiedge.core.tiles import decoded_sizes, tiling_for
 
 from . import chunks, coreml_attention, coreml_compress, coreml_fp16, coreml_validate
 from .chunks import Chunk
@@ -55,6 +58,7 @@ class CoreMLOptions:
     compress: str | None = None
     sensitive: tuple[str, ...] = ()  # layers `mixed` keeps at 8 bits (checkpoint names, `{last}`: the last block)
     max_chunk_mb: float | None = None  # None: 1024 where the Neural Engine may run it, else unchunked
+    vae_tile: int | None = None  # px: the VAE decoder's functions are the tiles of each size (core/tiles.py)
 
     @property
     def chunk_limit_mb(self) -> float | None:
@@ -75,6 +79,17 @@ class CoreMLOptions:
         coreml_compress.check(self.compress, self.deployment_target)
         if self.max_chunk_mb is not None and not self.max_chunk_mb > 0:
             raise ValueError(f"--max-chunk-mb must be positive, got {self.max_chunk_mb}")
+        if self.vae_tile is not None:
+            tiling_for(self.vae_tile)
+            if self.deployment_target not in MULTIFUNCTION:
+                raise ValueError(
+                    f"--vae-tile needs a function per tile shape, which {self.deployment_target} packages cannot "
+                    f"hold: deploy to {' / '.join(MULTIFUNCTION)}"
+                )
+
+    def sizes_for(self, spec: ComponentSpec) -> tuple[Size, ...]:
+        """The sizes a graph is converted at: the VAE decoder's, with --vae-tile, are its tiles'."""
+        return decoded_sizes(self.sizes, self.vae_tile) if spec.name == "vae_decoder" else self.sizes
 
     @property
     def attention(self) -> str:
@@ -158,7 +173,7 @@ class CoreMLTarget:
         o = self.options
         module = load_module(unit.spec, job.configs, job.source, job.extras)
         used = {str(d).rpartition("*")[2] for t in (*unit.spec.inputs, *unit.spec.outputs) for d in t.shape}
-        unit.functions.update(functions(unit.spec.stem, used, o.sizes, o.prompt_lengths, dropped))
+        unit.functions.update(functions(unit.spec.stem, used, o.sizes_for(unit.spec), o.prompt_lengths, dropped))
         if not self.multifunction:
             unit.functions.update({"main": unit.functions.popitem()[1]})
         staged = {}
@@ -246,9 +261,10 @@ class CoreMLTarget:
         )
 
     def manifest(self) -> dict:
-        """The buckets, so a runtime refuses a request none of them holds before loading anything."""
+        """The buckets, so a runtime refuses a request none of them holds before loading anything,
+        and the tiles the VAE decoder was exported for (None: whole images)."""
         sizes, lengths = [str(s) for s in self.options.sizes], list(self.options.prompt_lengths)
-        return {"buckets": {"sizes": sizes, "prompt_lengths": lengths}}
+        return {"buckets": {"sizes": sizes, "prompt_lengths": lengths}, "vae_tile": self.options.vae_tile}
 
     def finish(self, root: Path, manifest: dict) -> None:
         pass

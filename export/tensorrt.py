@@ -10,19 +10,23 @@ then:
 2. saved, then checked against TensorRT's ONNX operator table and its Q/DQ rules for the
    version the device runs;
 3. per graph an optimization profile from the size buckets and prompt lengths
-   (export/tensorrt_profiles.py), recorded in the manifest; and either the engines built here
+   (export/tensorrt_profiles.py; with `vae_tile`, the VAE decoder's from its tiles' shapes, so
+   its engine is sized for one tile), recorded in the manifest; and either the engines built here
    (`--build`, where `tensorrt` imports: export/tensorrt_build.py) or `build_engines.sh` with
    the trtexec commands to run on the device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from qiedge.core.buckets import Size
+from qiedge.core.tiles import decoded_sizes, tiling_for
 
 from . import onnx, tensorrt_check, tensorrt_islands
+from .specs import ComponentSpec
 from .stages import ExportError, GraphJob, Stage, configure
 from .tensorrt_devices import DEVICES, PRECISIONS
 from .tensorrt_profiles import BuildSettings, ProfileRanges, build_script, is_static, profile, trtexec_command
@@ -44,6 +48,7 @@ class TensorRTOptions:
     opt_level: int = 3
     timing_cache: str | None = None  # a cache from an earlier build on the same GPU, read and updated
     weight_streaming: bool = False
+    vae_tile: int | None = None  # px: the VAE decoder's profile spans its tiles' shapes (core/tiles.py)
 
     @property
     def version(self) -> str:
@@ -64,6 +69,10 @@ class TensorRTOptions:
         if not 0 <= self.opt_level <= 5:
             raise ValueError(f"--opt-level must be 0-5, got {self.opt_level}")
         self.ranges.check()
+        if self.vae_tile is not None:
+            tiling_for(self.vae_tile)
+            if self.static:
+                raise ValueError("--vae-tile: tiles come in several shapes, and a static engine takes one")
         if self.build:
             from .tensorrt_build import tensorrt
 
@@ -72,6 +81,12 @@ class TensorRTOptions:
     @property
     def ranges(self) -> ProfileRanges:
         return ProfileRanges(self.sizes, self.prompt_lengths, self.max_batch, self.static)
+
+    def ranges_for(self, spec: ComponentSpec) -> ProfileRanges:
+        """A graph's ranges: the VAE decoder's, with --vae-tile, span its tiles' sizes."""
+        if spec.name != "vae_decoder":
+            return self.ranges
+        return dataclasses.replace(self.ranges, sizes=decoded_sizes(self.sizes, self.vae_tile))
 
     @property
     def settings(self) -> BuildSettings:
@@ -107,7 +122,7 @@ class TensorRTTarget:
 
     def _profile(self, job: GraphJob) -> None:
         job.shared.setdefault("profiles", {})[job.spec.name] = profile(
-            job.spec, job.configs, self.options.ranges.dims(job.dropped_tokens)
+            job.spec, job.configs, self.options.ranges_for(job.spec).dims(job.dropped_tokens)
         )
 
     def _check_tensorrt(self, job: GraphJob) -> None:
@@ -143,7 +158,8 @@ class TensorRTTarget:
                 "max_batch": o.max_batch,
                 "settings": vars(o.settings),
                 "engines": "built" if o.build else f"not built: run {SCRIPT} on the device",
-            }
+            },
+            "vae_tile": o.vae_tile,
         }
 
     def finish(self, root: Path, manifest: dict) -> None:

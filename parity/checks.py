@@ -9,9 +9,13 @@ compared by PSNR.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from qiedge.core.metrics import Comparison, psnr
-from qiedge.export.cases import PREFIX, CaseContext
+from qiedge.core.tiles import Tiling
+from qiedge.core.units import PIXELS_PER_TOKEN
+from qiedge.export.cases import PREFIX, Case, CaseContext
 from qiedge.export.specs import SPECS
 from qiedge.runtime.backends import Session
 from qiedge.runtime.bucketed import BucketError
@@ -138,7 +142,7 @@ def compare_end_to_end(artifacts_path, model_path, threshold_psnr: float) -> dic
         if "vision_encoder" in components
         else open_runtime(model=model_path, artifacts=artifacts_path, encoder_backend="torch")
     )
-    reference = open_runtime(model=model_path, backend="torch")
+    reference = open_runtime(model=model_path, backend="torch", vae_tiling=exported.vae_tiling)
     results, failures, not_run = [], [], []
     for name, request in end_to_end_requests().items():
         if request.images and "vae_encoder" not in components:
@@ -167,6 +171,16 @@ def compare_end_to_end(artifacts_path, model_path, threshold_psnr: float) -> dic
     }
 
 
+def tiled_decoder_cases(sizes, tiling: Tiling, channels: int, seed: int = 0) -> Iterator[Case]:
+    """Latents of each exported size too large for one tile: what reaches the decoder's tile shapes."""
+    rng = np.random.default_rng(seed)
+    for size in sizes:
+        height, width = size.height // PIXELS_PER_TOKEN, size.width // PIXELS_PER_TOKEN
+        if not tiling.fits(height, width):
+            latents = rng.standard_normal((1, channels, height, width), dtype=np.float32)
+            yield f"{size} in {tiling.pixels} px tiles", {"latents": latents}
+
+
 def case_context(artifacts, model) -> CaseContext:
     """What the specs' case generators need to know about a model and its artifacts."""
     return CaseContext(artifacts.facts, model.transformer.context_in_dim, model.vae.in_channels)
@@ -178,18 +192,25 @@ def run_parity(artifacts_path, model_path, end_to_end: bool = True) -> dict:
     from qiedge.reference_model.model_dir import ModelDir
     from qiedge.runtime.backends import backend_for, open_backend
     from qiedge.runtime.backends.pytorch import TorchBackend
+    from qiedge.runtime.runner import decoder_tiling
+    from qiedge.runtime.tiled_vae import TiledDecoder
 
     artifacts, model = Artifacts.open(artifacts_path), ModelDir.open(model_path)
     precision = artifacts.manifest["precision"]
     ours, reference = open_backend(backend_for(artifacts), artifacts=artifacts), TorchBackend(model)
     context = case_context(artifacts, model)
     components = {}
+    tiling = decoder_tiling(artifacts, None, ours.name)
     for name in artifacts.components:
         spec = SPECS[name]
         cache_from = reference.load(spec.cache_from) if spec.cache_from else None
         bound = component_bound(artifacts.component(name), artifacts.manifest["target"])
-        cases = spec.cases(context)
-        components[name] = compare_component(name, ours.load(name), reference.load(name), cases, bound, cache_from)
+        cases, sessions = spec.cases(context), (ours.load(name), reference.load(name))
+        if name == "vae_decoder" and tiling is not None:
+            # As the runtime decodes: in the exported tiles, and the reference in the same ones.
+            cases = [*cases, *tiled_decoder_cases(artifacts.sizes, tiling, artifacts.facts.latent_channels)]
+            sessions = (TiledDecoder(sessions[0], tiling, ours.arrays), TiledDecoder(sessions[1], tiling))
+        components[name] = compare_component(name, *sessions, cases, bound, cache_from)
     report = {
         "artifacts": str(artifacts.path),
         "model": str(model.path),

@@ -73,6 +73,19 @@ def test_plain_attention_unchunked(tiny_dir, tmp_path):
     assert set(step["functions"]) == {"step_64x64_t160", "step_96x64_t160"}
 
 
+def test_vae_decoder_in_tiles(tiny_dir, tmp_path):
+    """--vae-tile: the decoder's functions are its tiles' shapes, and decoded in them it matches
+    the reference decoded in the same tiles."""
+    out = tmp_path / "tiles"
+    export(tiny_dir, out, sizes=parse_sizes("192x96"), vae_tile=128, components=["vae_decoder"])
+    # 12x6 latents in tiles of 8 every 6: 8 and 6 wide (starting at 0 and 6), 6 high (starting at 0).
+    assert set(Artifacts.open(out).component("vae_decoder")["functions"]) == {"model_128x96", "model_96x96"}
+    report = run_parity(out, tiny_dir, end_to_end=False)
+    assert report["passed"], report["failures"]
+    cases = {c["case"]: c["outputs"]["image"]["psnr_db"] for c in report["components"]["vae_decoder"]["cases"]}
+    assert cases.keys() == {"192x96 in 128 px tiles"} and min(cases.values()) >= 35
+
+
 def weights_bytes(package) -> int:
     return sum(f.stat().st_size for f in package.rglob("weight.bin"))
 

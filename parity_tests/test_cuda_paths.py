@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from qiedge.core.metrics import psnr
+from qiedge.core.tiles import Tiling
 from qiedge.export.specs import SPECS
 from qiedge.quantization.accuracy import torch_sessions
 from qiedge.quantization.calibrate import linear_layers
@@ -24,7 +25,7 @@ from qiedge.runtime.backends import cuda
 from qiedge.runtime.backends.cuda import CudaBackend, DeviceArrays, DeviceSession
 from qiedge.runtime.runner import open_runtime
 from qiedge.runtime.sampler import Request, Sessions, generate, to_uint8
-from qiedge.runtime.tiled_vae import TiledDecoder, Tiling
+from qiedge.runtime.tiled_vae import TiledDecoder
 
 from .conftest import rel_l2
 

@@ -504,3 +504,21 @@ def test_static_profiles_fix_every_dim():
     assert shapes["past_keys"]["max"] == [t.num_layers, 2, t.num_attention_heads, 256, t.attention_head_dim]
     with pytest.raises(ValueError, match="one size and one prompt length"):
         dataclasses.replace(options, prompt_lengths=(128, 256)).check()
+
+
+def test_vae_tiles_bound_the_decoder_profile():
+    """--vae-tile: the decoder's engine takes its tiles' shapes, up to one whole tile, while the
+    transformer's still takes the whole image."""
+    configs = model_configs(None, presets.get_preset("qwen-image-2-7b"))
+    options = TensorRTOptions(sizes=parse_sizes("1024x1024,2048x2048"), vae_tile=512)
+    options.check()
+
+    def latents(component):
+        spec = SPECS[component]
+        return profile(spec, configs, options.ranges_for(spec).dims(dropped=0))["latents"]
+
+    # 512 px tiles every 384 px: 32 latents a side, the edges' 16 (1024 px) and 8 (2048 px).
+    assert latents("vae_decoder") == {"min": [1, 64, 8, 8], "opt": [1, 64, 32, 32], "max": [1, 64, 32, 32]}
+    assert latents("transformer_step")["max"] == [1, 128 * 128, 64]
+    with pytest.raises(ValueError, match="a static engine takes one"):
+        dataclasses.replace(options, sizes=parse_sizes("2048x2048"), prompt_lengths=(128,), static=True).check()

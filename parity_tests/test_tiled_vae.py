@@ -10,8 +10,9 @@ import pytest
 import torch
 from qiedge.core.artifacts import Artifacts
 from qiedge.core.metrics import Comparison, psnr
+from qiedge.core.tiles import Tiling
 from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
-from qiedge.runtime.tiled_vae import TiledDecoder, Tiling
+from qiedge.runtime.tiled_vae import TiledDecoder
 
 pytestmark = pytest.mark.slow
 TILE, STRIDE = 8, 6  # latent tokens: 128 px tiles every 96 px, as diffusers' 256 / 192 at half the size

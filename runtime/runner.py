@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qiedge.core.artifacts import Artifacts, ModelFacts
+from qiedge.core.tiles import Tiling
 from qiedge.core.units import PIXELS_PER_TOKEN
 
 from . import auto, ort_int8
@@ -13,7 +14,7 @@ from .auto import BACKENDS
 from .backends import REGISTRY, Backend, backend_for, open_backend
 from .hardware import detect
 from .sampler import TEXT_TO_IMAGE, Request, Sessions, schedule_for
-from .tiled_vae import TiledDecoder, Tiling
+from .tiled_vae import TiledDecoder
 
 # Backends whose graphs take the exported sizes only (Core ML's buckets, TensorRT's profiles).
 FIXED_SHAPES = ("coreml", "tensorrt")
@@ -27,6 +28,7 @@ class Runtime:
     source_hash: str
     backend: Backend  # the transformer's and VAE's
     choice: auto.Choice  # which backend runs them, and why
+    vae_tiling: Tiling | None  # the tiles the VAE decodes in; None: whole images
     warnings: list[str] = field(default_factory=list)
 
 
@@ -79,6 +81,22 @@ def _check_editing(store: Artifacts, request: Request, encoder: str) -> None:
         )
 
 
+def decoder_tiling(store: Artifacts | None, asked: Tiling | None, backend: str) -> Tiling | None:
+    """The tiles the VAE decodes in on `backend`. A fixed-shape backend's decoder takes the shapes
+    it was exported for: the artifacts' tiles (`export --vae-tile`), asked or not, and no others."""
+    exported = store.vae_tiling if store and backend in FIXED_SHAPES else None
+    if backend not in FIXED_SHAPES or asked == exported:
+        return asked
+    if exported is None:
+        raise ValueError(
+            f"--vae-tile: the {backend} backend's VAE decoder takes the sizes it was exported for, and tiles are "
+            f"sizes of their own: export with --vae-tile {asked.pixels} for them, or decode whole"
+        )
+    if asked is not None:
+        raise ValueError(f"--vae-tile {asked.pixels}: {store.path} was exported for {exported.pixels} px tiles")
+    return exported
+
+
 def open_runtime(
     model: Path | None = None,
     artifacts: Path | None = None,
@@ -94,7 +112,8 @@ def open_runtime(
     `auto` (the default) runs `--artifacts` on their target's backend, and a `--model` on the torch path
     that is fastest on this CPU for a job of `request`'s size. Editing on graphs needs the
     vision tower's and the VAE encoder's. `vae_tiling` decodes large images tile by tile
-    (runtime/tiled_vae.py). `options` go to the backend (the cuda backend's precision and quantizer).
+    (runtime/tiled_vae.py); fixed-shape artifacts exported for tiles decode in theirs. `options` go
+    to the backend (the cuda backend's precision and quantizer).
     """
     from qiedge.reference_model.model_dir import ModelDir
 
@@ -110,11 +129,7 @@ def open_runtime(
     if store and request:
         _check_buckets(store, request)
         _check_editing(store, request, encoder_backend or choice.backend)
-    if vae_tiling is not None and choice.backend in FIXED_SHAPES:
-        raise ValueError(
-            f"--vae-tile: the {choice.backend} backend's VAE decoder takes the sizes it was exported for, and "
-            "tiles are sizes of their own; decode whole, or tile on onnxruntime, the torch backends or cuda"
-        )
+    vae_tiling = decoder_tiling(store, vae_tiling, choice.backend)
     warning = auto.bf16_warning(detect()) if choice.backend == "torch-bf16" else None
     main = open_backend(choice.backend, model_dir, store, threads, **options)
     encoder = main if encoder_backend in (None, choice.backend) else open_backend(encoder_backend, model_dir, store)
@@ -129,4 +144,4 @@ def open_runtime(
         if store
         else (str(model_dir.path), model_dir.fingerprint())
     )
-    return Runtime(facts, sessions, source, source_hash, main, choice, [warning] if warning else [])
+    return Runtime(facts, sessions, source, source_hash, main, choice, vae_tiling, [warning] if warning else [])

@@ -1,38 +1,19 @@
 """The VAE decoder in overlapping tiles, blended as diffusers' `enable_tiling()` blends them
 (`AutoencoderKLQwenImage21.tiled_decode`), so a large image needs one tile's activations at a time.
 
-Tiles start every `stride` latent rows and columns and span `tile`; each decoded tile is blended
-linearly into the one above and the one to its left over the overlap, then cropped to the stride.
-The decoder graph clamps each tile to [-1, 1] before the blend, diffusers after it: the two differ
-only where an overlap's value lies outside [-1, 1] in one tile and not in the other.
+The tiles are core/tiles.py's; each decoded tile is blended linearly into the one above and the
+one to its left over the overlap, then cropped to the stride. The decoder graph clamps each tile
+to [-1, 1] before the blend, diffusers after it: the two differ only where an overlap's value
+lies outside [-1, 1] in one tile and not in the other.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+from qiedge.core.tiles import Tiling
 from qiedge.core.units import PIXELS_PER_TOKEN
 
 from .arrays import HOST, Arrays
-
-
-@dataclass(frozen=True)
-class Tiling:
-    tile: int  # latent rows and columns per tile
-    stride: int  # latent rows and columns between tile starts
-
-    def __post_init__(self):
-        if not 0 < self.stride <= self.tile:
-            raise ValueError(f"VAE tiles: stride {self.stride} must be in 1..{self.tile} (the tile)")
-
-
-def tiling_for(pixels: int) -> Tiling:
-    """Tiles of `pixels` a side, a quarter of them overlapping (diffusers' 256 / 192 proportion)."""
-    if pixels % 64 or not 128 <= pixels <= 2048:
-        raise ValueError(f"--vae-tile {pixels}: a multiple of 64 px from 128 to 2048")
-    tile = pixels // PIXELS_PER_TOKEN
-    return Tiling(tile, tile * 3 // 4)
 
 
 class TiledDecoder:
@@ -46,12 +27,10 @@ class TiledDecoder:
         latents = feeds["latents"]
         _, _, height, width = latents.shape
         tile, stride = self.tiling.tile, self.tiling.stride
-        if height <= tile and width <= tile:
+        if self.tiling.fits(height, width):
             return self.session.run(feeds)
-        rows = [
-            [self._decode(latents[:, :, i : i + tile, j : j + tile]) for j in range(0, width, stride)]
-            for i in range(0, height, stride)
-        ]
+        columns = self.tiling.spans(width)
+        rows = [[self._decode(latents[:, :, i, j]) for j in columns] for i in self.tiling.spans(height)]
         blend, keep = PIXELS_PER_TOKEN * (tile - stride), PIXELS_PER_TOKEN * stride
         out_rows = []
         for i, row in enumerate(rows):

@@ -196,6 +196,7 @@ def test_export_refuses_bad_requests(tiny, tmp_path):
             "deploy to iOS18 or macOS15",
         ),
         (["--target", "coreml", "--max-chunk-mb", "0"], "--max-chunk-mb must be positive"),
+        (["--vae-tile", "512"], "the onnx target takes no --vae-tile"),
         (["--target", "coreml", "--device", "orin"], "the coreml target takes no --device"),
         (["--target", "tensorrt", "--device", "orin", "--precision", "fp8"], "Jetson Orin (Ampere) cannot run fp8"),
         (["--target", "tensorrt", "--recipe", "fp8-attention"], "--recipe goes with --precision int8, fp8 or int4"),
@@ -217,27 +218,29 @@ def test_export_refuses_bad_target_options_before_loading(tmp_path, args, needle
 @pytest.mark.slow
 def test_export_coreml_preset_and_generate_from_it(tmp_path):
     """The CLI end to end on Core ML: stand-in weights, then an image drawn by executing the
-    saved programs (NumPy here, Core ML on macOS)."""
+    saved programs (NumPy here, Core ML on macOS), its VAE decoder exported for 128 px tiles."""
     art, out = tmp_path / "art", tmp_path / "img.png"
     result = qiedge(
-        "export", "--preset", "tiny", "--target", "coreml", "--sizes", "64x32", "--prompt-lengths", "32",
-        "--out", str(art), "--json",
+        "export", "--preset", "tiny", "--target", "coreml", "--sizes", "160x32", "--prompt-lengths", "32",
+        "--vae-tile", "128", "--out", str(art), "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     manifest = json.loads(result.stdout)
-    assert manifest["target"] == "coreml" and manifest["precision"] == "fp16"
+    assert manifest["target"] == "coreml" and manifest["precision"] == "fp16" and manifest["vae_tile"] == 128
     step = manifest["components"]["transformer_step"]["functions"]
-    assert list(step) == ["step_64x32_t32"] and step["step_64x32_t32"]["target"] == 8
+    assert list(step) == ["step_160x32_t32"] and step["step_160x32_t32"]["target"] == 20
     assert list(manifest["components"]["condition_encoder"]["functions"]) == ["model_t32"]
-    result = qiedge("generate", "a red circle", "--artifacts", str(art), "--width", "64", "--height", "32",
+    # 10 latents wide: a tile of 8 and the edge's 4 (tiles start every 6), no whole-image function.
+    assert list(manifest["components"]["vae_decoder"]["functions"]) == ["model_64x32", "model_128x32"]
+    result = qiedge("generate", "a red circle", "--artifacts", str(art), "--width", "160", "--height", "32",
                     "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("backend coreml: coreml artifacts")
-    assert Image.open(out).size == (64, 32)
-    # Tiles are sizes no bucket holds: refused before anything loads, not after the steps.
-    tiled = qiedge("generate", "a", "--artifacts", str(art), "--width", "64", "--height", "32", "--vae-tile", "128",
+    assert Image.open(out).size == (160, 32)
+    # Other tiles are sizes no function holds: refused before anything loads, not after the steps.
+    tiled = qiedge("generate", "a", "--artifacts", str(art), "--width", "160", "--height", "32", "--vae-tile", "256",
                    "--out", str(tmp_path / "tiled.png"))  # fmt: skip
-    assert tiled.returncode == 2 and "--vae-tile: the coreml backend's VAE decoder takes the sizes" in tiled.stderr
+    assert tiled.returncode == 2 and f"--vae-tile 256: {art} was exported for 128 px tiles" in tiled.stderr
 
 
 def test_most_sensitive_layers_from_a_quantization_report(tmp_path):

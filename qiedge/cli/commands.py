@@ -53,12 +53,12 @@ def _precision_options(args, model) -> dict:
 def cmd_generate(args) -> None:
     import time
 
+    from qiedge.core.tiles import tiling_for
     from qiedge.core.units import PIXELS_PER_TOKEN
     from qiedge.runtime.images import check_output, open_condition, save_png
     from qiedge.runtime.progress import step_progress
     from qiedge.runtime.runner import open_runtime
     from qiedge.runtime.sampler import Request, generate, schedule_for, to_uint8
-    from qiedge.runtime.tiled_vae import tiling_for
 
     request = Request(
         prompts=[args.prompt] * args.batch,
@@ -216,8 +216,8 @@ def _target_options(args) -> dict:
 
     parse = {"sizes": parse_sizes, "prompt_lengths": parse_lengths, "max_chunk_mb": float}
     names = (
-        "optimize",
-        *("deployment_target", "compute_units", "sizes", "prompt_lengths", "compress", "max_chunk_mb"),
+        *("optimize", "sizes", "prompt_lengths", "vae_tile"),
+        *("deployment_target", "compute_units", "compress", "max_chunk_mb"),
         *("device", "trt", "max_batch", "static", "build", "opt_level", "timing_cache", "weight_streaming"),
     )
     options = {n: parse.get(n, lambda v: v)(getattr(args, n)) for n in names if getattr(args, n) is not None}

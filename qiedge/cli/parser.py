@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae-tile",
         type=int,
         help="decode in tiles of this many px a side (a multiple of 64), a quarter overlapping and blended as "
-        "diffusers' enable_tiling() blends them: bounds the VAE's memory at large sizes",
+        "diffusers' enable_tiling() blends them: bounds the VAE's memory at large sizes (coreml and tensorrt "
+        "artifacts exported with --vae-tile decode in their tiles, asked or not)",
     )
     p.add_argument(
         "--precision",
@@ -93,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     shapes = p.add_argument_group("shapes (--target coreml: one function each; tensorrt: the profile's range)")
     shapes.add_argument("--sizes", help="image sizes WxH[,WxH...] (default 1024x1024)")
     shapes.add_argument("--prompt-lengths", help="prompt lengths in tokens, e.g. 128,512 (the default)")
+    shapes.add_argument(
+        "--vae-tile",
+        type=int,
+        help="the VAE decoder for tiles of this many px a side instead of whole images (a multiple of 64; "
+        "generate then decodes in them, as its --vae-tile): a phone or an edge GPU holds one tile's activations",
+    )
     coreml = p.add_argument_group("Core ML (--target coreml)")
     coreml.add_argument("--deployment-target", choices=("iOS18", "macOS15", "iOS17"))
     coreml.add_argument(
