@@ -5,8 +5,8 @@ A profile gives every input of a graph its min / opt / max shape. Shapes come fr
 contract's symbolic dims (core/contract.py), each given a range here: image dims from the size
 buckets (smallest to largest, tuned for the largest), prompt dims from one token up to the
 longest prompt length (tuned for the first), batch from one to `max_batch`. A static profile
-(min = opt = max, which CUDA graphs need) takes exactly one size and one prompt length, and
-runs only batches of `max_batch` (2 for classifier-free guidance).
+(min = opt = max, which CUDA graphs need) takes exactly one size, one prompt length and a batch
+of `max_batch`; the runtime pads shorter prompts and smaller batches into it.
 """
 
 from __future__ import annotations

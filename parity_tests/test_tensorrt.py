@@ -522,3 +522,47 @@ def test_vae_tiles_bound_the_decoder_profile():
     assert latents("transformer_step")["max"] == [1, 128 * 128, 64]
     with pytest.raises(ValueError, match="a static engine takes one"):
         dataclasses.replace(options, sizes=parse_sizes("2048x2048"), prompt_lengths=(128,), static=True).check()
+
+
+def test_static_engines_take_shorter_prompts_and_smaller_batches(trt_fp16, tiny_dir):
+    """The tensorrt backend's session over a static engine (runtime/backends/tensorrt.py), here
+    around ONNX Runtime sessions of the same graphs given a static profile (64x64, prompts of 40
+    tokens, batches of 2): a one-image request with a short prompt, padded into that shape, draws
+    the image the graphs draw unpadded."""
+    from qiedge.core.metrics import psnr
+    from qiedge.runtime.arrays import HOST
+    from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
+    from qiedge.runtime.backends.tensorrt import static_session
+    from qiedge.runtime.sampler import GraphPromptEncoder, Request, Sessions, generate
+
+    artifacts = Artifacts.open(trt_fp16)
+    tokenizer = PromptTokenizer(artifacts.facts.tokenizer_json)
+    configs = model_configs(ModelDir.open(tiny_dir), None)
+    ranges = TensorRTOptions(sizes=parse_sizes("64x64"), prompt_lengths=(40,), max_batch=2, static=True).ranges
+    backend, calls = OnnxRuntimeBackend(artifacts), []
+
+    class Noted:
+        """A graph's session that notes the shapes it runs at."""
+
+        def __init__(self, component):
+            self.session = backend.load(component)
+
+        def run(self, feeds):
+            calls.append({n: tuple(v.shape) for n, v in feeds.items()})
+            return self.session.run(feeds)
+
+    def padded(component):
+        fixed = profile(SPECS[component], configs, ranges.dims(tokenizer.drop))
+        entry = {**artifacts.component(component), "profile": fixed, "static": True}
+        return static_session(component, entry, Noted(component), HOST)
+
+    request = Request(["a red circle"], width=64, height=64, seed=5)
+    plain = Sessions(backend.prompt_encoder(artifacts.facts), backend.load)
+    static = Sessions(GraphPromptEncoder(tokenizer, padded("condition_encoder"), artifacts.facts.vision, None), padded)
+    expected = generate(request, artifacts.facts, plain)
+    # Padded keys weigh exactly zero: equal images here (PSNR inf), kernels' sums may order differently elsewhere.
+    assert psnr(generate(request, artifacts.facts, static), expected, peak=1.0) >= 60
+    # Every graph ran at the one shape: two items, 40 prompt tokens (the encoder's with its system turn).
+    assert {call["key_valid"] for call in calls if "key_valid" in call} == {(2, 40)}
+    assert {call["attention_mask"] for call in calls if "attention_mask" in call} == {(2, 40 + tokenizer.drop)}
+    assert {call["latents"][0] for call in calls if "latents" in call} == {2}

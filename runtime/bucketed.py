@@ -1,23 +1,32 @@
-"""A session over fixed-shape functions (core/buckets.py), which takes any shapes its buckets cover.
+"""A session over fixed-shape functions (core/buckets.py: Core ML's buckets, or a static TensorRT
+engine's one shape), which takes any shapes its functions cover.
 
-- Batches run one item at a time: every function has batch 1.
+- A batch runs in parts of the functions' batch: one item at a time where every function has
+  batch 1 (Core ML), the whole batch at once, padded, where a function holds it (a static
+  engine built for classifier-free guidance's two).
 - Prompt dims (the encoder's tokens, the text, the prefix) are padded at the end up to the
-  smallest bucket that holds them, with zeros (False for masks), and outputs are cut back. That
+  smallest function that holds them, with zeros (False for masks), and outputs are cut back. That
   is exact for these graphs: attention is causal or block-causal, and padded keys are masked
-  (their attention mask or `key_valid` is zero), so no real position ever reads a padded one.
-- Size dims (the image) must equal a bucket's; a size with no bucket is refused, naming the
-  buckets there are.
+  (their attention mask or `key_valid` is zero), so no real position ever reads a padded one;
+  padded batch items are zeros, computed and dropped.
+- Size dims (the image) must equal a function's; a size with no function is refused, naming the
+  ones there are.
+- Arrays stay where they are: NumPy arrays are padded in NumPy, torch tensors (a GPU engine's
+  K/V) on their device; outputs are joined by the backend's `arrays`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 from qiedge.core.buckets import PROMPT_DIMS, SIZE_DIMS, concrete_shape
 from qiedge.core.units import PIXELS_PER_TOKEN
 
-RunFunction = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+from .arrays import HOST, Arrays
+
+RunFunction = Callable[[str, dict], dict]
 
 
 class BucketError(ValueError):
@@ -25,27 +34,31 @@ class BucketError(ValueError):
 
 
 class BucketedSession:
-    def __init__(self, component: str, entry: dict, run_function: RunFunction):
-        self.component, self.run_function = component, run_function
+    def __init__(self, component: str, entry: dict, run_function: RunFunction, arrays: Arrays = HOST):
+        self.component, self.run_function, self.arrays = component, run_function, arrays
         self.functions = entry["functions"]  # name -> dims
         self.inputs = {t["name"]: t for t in entry["inputs"]}
         self.outputs = {t["name"]: t for t in entry["outputs"]}
         self.empty = entry.get("empty_inputs", [])  # inputs every bucket fixes to zero elements
+        self.part = max(dims.get("batch", 1) for dims in self.functions.values())
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict) -> dict:
         for name in self.empty:
-            if name in feeds and np.size(feeds[name]):
+            if name in feeds and math.prod(feeds[name].shape):
                 raise BucketError(
-                    f"{self.component}: no bucket takes {name} (shape {np.shape(feeds[name])}): "
+                    f"{self.component}: no bucket takes {name} (shape {tuple(feeds[name].shape)}): "
                     "these packages were exported for text-to-image only"
                 )
         feeds = {n: v for n, v in feeds.items() if n in self.inputs}
         batch = self._batch(feeds)
-        items = [self._run_one({n: _take(v, self._axis(self.inputs[n]), b) for n, v in feeds.items()}) for b in batch]
+        parts = [
+            self._run_part({n: _span(v, self._axis(self.inputs[n]), start, self.part) for n, v in feeds.items()})
+            for start in range(0, batch, self.part)
+        ]
         return {
-            name: np.concatenate([item[name] for item in items], axis=self._axis(spec))
-            if self._axis(spec) is not None
-            else items[0][name]
+            name: self.arrays.concat([part[name] for part in parts], axis=self._axis(spec))
+            if self._axis(spec) is not None and len(parts) > 1
+            else parts[0][name]
             for name, spec in self.outputs.items()
         }
 
@@ -53,14 +66,14 @@ class BucketedSession:
     def _axis(tensor: dict) -> int | None:
         return tensor["shape"].index("batch") if "batch" in tensor["shape"] else None
 
-    def _batch(self, feeds) -> range:
+    def _batch(self, feeds) -> int:
         axes = {n: self._axis(self.inputs[n]) for n in feeds}
         sizes = {v.shape[axes[n]] for n, v in feeds.items() if axes[n] is not None}
         if len(sizes) != 1 or not min(sizes):
             raise ValueError(f"{self.component}: the inputs' batch sizes are {sorted(sizes)}: one, of at least 1")
-        return range(sizes.pop())
+        return sizes.pop()
 
-    def _run_one(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_part(self, feeds: dict) -> dict:
         actual = self._dims(feeds)
         name = self._choose(actual)
         dims = self.functions[name]
@@ -69,14 +82,14 @@ class BucketedSession:
         return {n: _cut(out[n], concrete_shape(spec["shape"], actual)) for n, spec in self.outputs.items()}
 
     def _dims(self, feeds) -> dict[str, int]:
-        """The symbolic dims these feeds have (batch 1), read off the declared shapes."""
-        dims = {"batch": 1}
+        """The symbolic dims these feeds have, read off the declared shapes."""
+        dims = {}
         for name, value in feeds.items():
             declared = self.inputs[name]["shape"]
             if len(declared) != value.ndim:
-                raise ValueError(f"{self.component}: {name} has shape {value.shape}, declared {declared}")
+                raise ValueError(f"{self.component}: {name} has shape {tuple(value.shape)}, declared {declared}")
             for symbol, size in zip(declared, value.shape):
-                if not isinstance(symbol, str) or symbol == "batch":
+                if not isinstance(symbol, str):
                     continue
                 factor, _, dim = symbol.rpartition("*")
                 count, rest = divmod(size, int(factor or 1))
@@ -87,9 +100,7 @@ class BucketedSession:
     def _choose(self, actual: dict[str, int]) -> str:
         def fits(dims):
             return all(
-                dims[d] == n if d in SIZE_DIMS or d == "cond" else dims[d] >= n
-                for d, n in actual.items()
-                if d in dims and d != "batch"
+                dims[d] == n if d in SIZE_DIMS or d == "cond" else dims[d] >= n for d, n in actual.items() if d in dims
             )
 
         fitting = [name for name, dims in self.functions.items() if fits(dims)]
@@ -115,17 +126,27 @@ class BucketedSession:
         return ", ".join(name.partition("_")[2] or name for name in self.functions)
 
 
-def _take(value: np.ndarray, axis: int | None, index: int) -> np.ndarray:
-    return value if axis is None else np.take(value, [index], axis=axis)
-
-
-def _pad(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if value.shape == shape:
+def _span(value, axis: int | None, start: int, count: int):
+    """`count` items from `start` along the batch axis (a view, NumPy's or torch's)."""
+    if axis is None:
         return value
-    if any(have > want for have, want in zip(value.shape, shape)) or value.ndim != len(shape):
-        raise BucketError(f"cannot pad {value.shape} to {shape}")
-    return np.pad(value, [(0, want - have) for have, want in zip(value.shape, shape)])
+    index = [slice(None)] * value.ndim
+    index[axis] = slice(start, start + count)
+    return value[tuple(index)]
 
 
-def _cut(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _pad(value, shape: tuple[int, ...]):
+    """`value` with zeros after its end up to `shape`, where it lives."""
+    if tuple(value.shape) == shape:
+        return value
+    if value.ndim != len(shape) or any(have > want for have, want in zip(value.shape, shape)):
+        raise BucketError(f"cannot pad {tuple(value.shape)} to {shape}")
+    if isinstance(value, np.ndarray):
+        return np.pad(value, [(0, want - have) for have, want in zip(value.shape, shape)])
+    padded = value.new_zeros(shape)  # a torch tensor, on its device
+    padded[tuple(slice(0, n) for n in value.shape)] = value
+    return padded
+
+
+def _cut(value, shape: tuple[int, ...]):
     return value[tuple(slice(0, n) for n in shape)]

@@ -80,3 +80,31 @@ def test_session_refuses_inputs_that_disagree():
         session.run(feeds)
     with pytest.raises(ValueError, match="batch sizes are \\[1, 2\\]"):
         session.run({**feeds, "valid": np.ones((2, 4), bool)})
+
+
+def test_a_function_holding_the_batch_runs_it_at_once_padded():
+    """A static engine's one shape (batch 2, prefix 8): a batch of one is padded with a zero item,
+    and torch tensors are padded where they live and joined by the backend's arrays."""
+    import torch
+    from qiedge.runtime.backends.cuda import DeviceArrays
+
+    entry = {**ENTRY, "functions": {"static": {"batch": 2, "target": 8, "prefix": 8}}}
+    calls = []
+
+    def engine(function, feeds):
+        calls.append({n: tuple(v.shape) for n, v in feeds.items()})
+        assert isinstance(feeds["keys"], torch.Tensor) and isinstance(feeds["valid"], np.ndarray)
+        total = (feeds["keys"] * torch.from_numpy(feeds["valid"])).sum(dim=1)
+        return {"y": torch.from_numpy(feeds["x"]) + total[:, None, None]}
+
+    session = BucketedSession("demo", entry, engine, DeviceArrays(torch.device("cpu")))
+    rng = np.random.default_rng(1)
+    for batch in (1, 2):
+        x, keys = rng.standard_normal((batch, 8, 2)), torch.from_numpy(rng.standard_normal((batch, 5)))
+        valid = np.ones((batch, 5), bool)
+        out = session.run({"x": x, "keys": keys, "valid": valid})["y"]
+        assert isinstance(out, torch.Tensor) and out.shape == (batch, 8, 2)
+        np.testing.assert_allclose(out.numpy(), x + keys.numpy().sum(1)[:, None, None])
+    assert calls == [{"x": (2, 8, 2), "keys": (2, 8), "valid": (2, 8)}] * 2  # one call per batch, padded
+    with pytest.raises(BucketError, match="a prompt of 9 tokens"):
+        session.run({"x": np.zeros((1, 8, 2)), "keys": torch.zeros((1, 9)), "valid": np.ones((1, 9), bool)})

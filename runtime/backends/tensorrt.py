@@ -7,7 +7,9 @@
 - arrays stay on the device (the cuda backend's DeviceArrays), so the prefix's K/V and the
   latents never cross to the host between the prompt going in and the image coming out; only
   what the sampler computes with (velocity, image) comes back fp32;
-- a static-shape engine (min = opt = max) replays a CUDA graph captured on its first call.
+- a static-shape engine (min = opt = max) replays a CUDA graph captured on its first call, and
+  takes shorter prompts and smaller batches padded into its one shape (runtime/bucketed.py, as
+  Core ML's buckets: exact, padded keys are masked).
 
 Engines built by `build_engines.sh` instead of `--build` carry no manifest record: TensorRT's own
 check at deserialization is what refuses a mismatched one there.
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from qiedge.core.artifacts import Artifacts
 
+from ..bucketed import BucketedSession
 from . import Session
 from .cuda import DeviceArrays
 
@@ -159,7 +162,8 @@ class TensorRTBackend:
         if self.artifacts.manifest["tensorrt"]["settings"]["weight_streaming"]:
             # Streaming is off unless a budget is set before the context exists: let TensorRT size it.
             engine.weight_streaming_budget_v2 = engine.weight_streaming_automatic_budget
-        return TensorRTSession(component, engine, entry["profile"], entry["static"])
+        session = TensorRTSession(component, engine, entry["profile"], entry["static"])
+        return static_session(component, entry, session, self.arrays) if entry["static"] else session
 
     def _engine_path(self, component: str, entry: dict) -> Path:
         record = entry.get("engine")
@@ -193,6 +197,17 @@ class TensorRTBackend:
         encoder = OnHost(self.load("condition_encoder"), self.arrays)
         vision = lambda: OnHost(self.load("vision_encoder"), self.arrays)  # noqa: E731
         return GraphPromptEncoder(PromptTokenizer(facts.tokenizer_json), encoder, facts.vision, vision)
+
+
+def static_session(component: str, entry: dict, session: Session, arrays) -> BucketedSession:
+    """`session` over a static engine as one fixed-shape function: the dims its profile fixes."""
+    dims = {}
+    for tensor in entry["inputs"]:
+        for symbol, size in zip(tensor["shape"], entry["profile"][tensor["name"]]["min"]):
+            if isinstance(symbol, str):
+                factor, _, dim = symbol.rpartition("*")
+                dims[dim] = size // int(factor or 1)
+    return BucketedSession(component, {**entry, "functions": {"static": dims}}, lambda _, f: session.run(f), arrays)
 
 
 class OnHost:
