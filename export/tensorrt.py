@@ -24,6 +24,7 @@ from pathlib import Path
 
 from qiedge.core.buckets import Size
 from qiedge.core.tiles import decoded_sizes, tiling_for
+from qiedge.core.units import PIXELS_PER_TOKEN
 
 from . import onnx, tensorrt_check, tensorrt_islands
 from .specs import ComponentSpec
@@ -83,10 +84,13 @@ class TensorRTOptions:
         return ProfileRanges(self.sizes, self.prompt_lengths, self.max_batch, self.static)
 
     def ranges_for(self, spec: ComponentSpec) -> ProfileRanges:
-        """A graph's ranges: the VAE decoder's, with --vae-tile, span its tiles' sizes."""
-        if spec.name != "vae_decoder":
+        """A graph's ranges: the VAE decoder's, with --vae-tile, span its tiles' sizes, from one
+        latent (the transformer takes any size between --sizes, whose edge tiles may be that
+        narrow) up to the largest tile."""
+        if spec.name != "vae_decoder" or self.vae_tile is None:
             return self.ranges
-        return dataclasses.replace(self.ranges, sizes=decoded_sizes(self.sizes, self.vae_tile))
+        narrowest = Size(PIXELS_PER_TOKEN, PIXELS_PER_TOKEN)
+        return dataclasses.replace(self.ranges, sizes=(narrowest, *decoded_sizes(self.sizes, self.vae_tile)))
 
     @property
     def settings(self) -> BuildSettings:

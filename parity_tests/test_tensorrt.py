@@ -517,8 +517,9 @@ def test_vae_tiles_bound_the_decoder_profile():
         spec = SPECS[component]
         return profile(spec, configs, options.ranges_for(spec).dims(dropped=0))["latents"]
 
-    # 512 px tiles every 384 px: 32 latents a side, the edges' 16 (1024 px) and 8 (2048 px).
-    assert latents("vae_decoder") == {"min": [1, 64, 8, 8], "opt": [1, 64, 32, 32], "max": [1, 64, 32, 32]}
+    # Up to a 512 px tile (32 latents); down to one latent, the edge of some size between the two
+    # (1568 px: 98 latents, the last tile starting at 96).
+    assert latents("vae_decoder") == {"min": [1, 64, 1, 1], "opt": [1, 64, 32, 32], "max": [1, 64, 32, 32]}
     assert latents("transformer_step")["max"] == [1, 128 * 128, 64]
     with pytest.raises(ValueError, match="a static engine takes one"):
         dataclasses.replace(options, sizes=parse_sizes("2048x2048"), prompt_lengths=(128,), static=True).check()
@@ -533,6 +534,7 @@ def test_static_engines_take_shorter_prompts_and_smaller_batches(trt_fp16, tiny_
     from qiedge.runtime.arrays import HOST
     from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
     from qiedge.runtime.backends.tensorrt import static_session
+    from qiedge.runtime.bucketed import BucketError
     from qiedge.runtime.sampler import GraphPromptEncoder, Request, Sessions, generate
 
     artifacts = Artifacts.open(trt_fp16)
@@ -554,7 +556,7 @@ def test_static_engines_take_shorter_prompts_and_smaller_batches(trt_fp16, tiny_
     def padded(component):
         fixed = profile(SPECS[component], configs, ranges.dims(tokenizer.drop))
         entry = {**artifacts.component(component), "profile": fixed, "static": True}
-        return static_session(component, entry, Noted(component), HOST)
+        return static_session(component, entry, Noted(component), HOST, "64x64_t40")
 
     request = Request(["a red circle"], width=64, height=64, seed=5)
     plain = Sessions(backend.prompt_encoder(artifacts.facts), backend.load)
@@ -566,3 +568,5 @@ def test_static_engines_take_shorter_prompts_and_smaller_batches(trt_fp16, tiny_
     assert {call["key_valid"] for call in calls if "key_valid" in call} == {(2, 40)}
     assert {call["attention_mask"] for call in calls if "attention_mask" in call} == {(2, 40 + tokenizer.drop)}
     assert {call["latents"][0] for call in calls if "latents" in call} == {2}
+    with pytest.raises(BucketError, match="a prompt of 41 tokens has no bucket; exported: 64x64_t40"):
+        padded("transformer_prefix").run({"key_valid": np.ones((1, 41), bool)})

@@ -90,7 +90,7 @@ def decoder_tiling(store: Artifacts | None, asked: Tiling | None, backend: str) 
     if exported is None:
         raise ValueError(
             f"--vae-tile: the {backend} backend's VAE decoder takes the sizes it was exported for, and tiles are "
-            f"sizes of their own: export with --vae-tile {asked.pixels} for them, or decode whole"
+            f"sizes of their own: export with --vae-tile {asked.pixels} for them (not --static), or decode whole"
         )
     if asked is not None:
         raise ValueError(f"--vae-tile {asked.pixels}: {store.path} was exported for {exported.pixels} px tiles")

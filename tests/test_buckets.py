@@ -108,3 +108,22 @@ def test_a_function_holding_the_batch_runs_it_at_once_padded():
     assert calls == [{"x": (2, 8, 2), "keys": (2, 8), "valid": (2, 8)}] * 2  # one call per batch, padded
     with pytest.raises(BucketError, match="a prompt of 9 tokens"):
         session.run({"x": np.zeros((1, 8, 2)), "keys": torch.zeros((1, 9)), "valid": np.ones((1, 9), bool)})
+
+
+def test_a_batch_larger_than_the_function_runs_in_parts():
+    import torch
+    from qiedge.runtime.backends.cuda import DeviceArrays
+
+    entry = {**ENTRY, "functions": {"static": {"batch": 2, "target": 8, "prefix": 8}}}
+    calls = []
+
+    def engine(function, feeds):
+        calls.append(feeds["x"].shape[0])
+        return {"y": torch.from_numpy(masked_sum("f_64x32_t8", feeds)["y"])}
+
+    session = BucketedSession("demo", entry, engine, DeviceArrays(torch.device("cpu")))
+    rng = np.random.default_rng(2)
+    x, keys, valid = rng.standard_normal((3, 8, 2)), rng.standard_normal((3, 6)), np.ones((3, 6), bool)
+    out = session.run({"x": x, "keys": keys, "valid": valid})["y"]
+    np.testing.assert_allclose(out.numpy(), x + keys.sum(1)[:, None, None])
+    assert calls == [2, 2]  # items 0-1, then item 2 and a padded one

@@ -70,7 +70,7 @@ def test_fixed_shape_backends_decode_in_the_exported_tiles_only():
     assert decoder_tiling(whole, tiling_for(256), "onnxruntime") == Tiling(16, 12)
     with pytest.raises(ValueError, match="art was exported for 512 px tiles"):
         decoder_tiling(tiled, tiling_for(256), "coreml")
-    with pytest.raises(ValueError, match="export with --vae-tile 256 for them, or decode whole"):
+    with pytest.raises(ValueError, match=r"export with --vae-tile 256 for them \(not --static\), or decode whole"):
         decoder_tiling(whole, tiling_for(256), "tensorrt")
 
 

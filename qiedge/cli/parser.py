@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae-tile",
         type=int,
         help="decode in tiles of this many px a side (a multiple of 64), a quarter overlapping and blended as "
-        "diffusers' enable_tiling() blends them: bounds the VAE's memory at large sizes (coreml and tensorrt "
-        "artifacts exported with --vae-tile decode in their tiles, asked or not)",
+        "diffusers' enable_tiling() blends them: bounds the VAE's memory at large sizes (on the coreml and "
+        "tensorrt backends, artifacts exported with --vae-tile decode in their tiles, asked or not)",
     )
     p.add_argument(
         "--precision",

@@ -163,7 +163,11 @@ class TensorRTBackend:
             # Streaming is off unless a budget is set before the context exists: let TensorRT size it.
             engine.weight_streaming_budget_v2 = engine.weight_streaming_automatic_budget
         session = TensorRTSession(component, engine, entry["profile"], entry["static"])
-        return static_session(component, entry, session, self.arrays) if entry["static"] else session
+        if not entry["static"]:
+            return session
+        exported = self.artifacts.manifest["tensorrt"]
+        label = f"{exported['sizes'][0]}_t{exported['prompt_lengths'][0]}"
+        return static_session(component, entry, session, self.arrays, label)
 
     def _engine_path(self, component: str, entry: dict) -> Path:
         record = entry.get("engine")
@@ -199,15 +203,17 @@ class TensorRTBackend:
         return GraphPromptEncoder(PromptTokenizer(facts.tokenizer_json), encoder, facts.vision, vision)
 
 
-def static_session(component: str, entry: dict, session: Session, arrays) -> BucketedSession:
-    """`session` over a static engine as one fixed-shape function: the dims its profile fixes."""
+def static_session(component: str, entry: dict, session: Session, arrays, label: str) -> BucketedSession:
+    """`session` over a static engine as one fixed-shape function, the dims its profile fixes
+    (`label`: the size and prompt length it was exported for, as errors name it)."""
     dims = {}
     for tensor in entry["inputs"]:
         for symbol, size in zip(tensor["shape"], entry["profile"][tensor["name"]]["min"]):
             if isinstance(symbol, str):
                 factor, _, dim = symbol.rpartition("*")
                 dims[dim] = size // int(factor or 1)
-    return BucketedSession(component, {**entry, "functions": {"static": dims}}, lambda _, f: session.run(f), arrays)
+    functions = {f"engine_{label}": dims}
+    return BucketedSession(component, {**entry, "functions": functions}, lambda _, f: session.run(f), arrays)
 
 
 class OnHost:
