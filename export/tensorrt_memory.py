@@ -147,3 +147,15 @@ def plan(needs: dict[str, Need], memory: int, workspace: int) -> dict:
         too_big = [phase for phase, size in per_phase.items() if size > usable]
         verdict = f"does not fit: {' and '.join(too_big)} alone {'need' if len(too_big) > 1 else 'needs'} more"
     return {"memory": memory, "usable": usable, "all_resident": total, "per_phase": per_phase, "verdict": verdict}
+
+
+def advice(plans: list[dict], tiled: bool) -> list[str]:
+    """What would make a phase that does not fit alone fit, where the export can change it."""
+    decoder = [p for p in plans if p["per_phase"].get("vae_decoder", 0) > p["usable"]]
+    if decoder and not tiled:
+        smallest = min(p["memory"] for p in decoder) >> 30
+        return [
+            f"the VAE decoder alone does not fit {smallest} GB at these sizes: export it with --vae-tile 512 "
+            "(or another tile) and its engine plans one tile's activations"
+        ]
+    return []

@@ -450,6 +450,13 @@ def test_memory_plan_verdicts():
     assert tensorrt_memory.plan(needs, 9 * gb + system, gb)["verdict"].startswith("one after another")
     short = tensorrt_memory.plan(needs, 8 * gb + system, gb)["verdict"]
     assert short == "does not fit: transformer alone needs more"
+    # A decoder that alone does not fit is told about tiles, unless it is already tiled.
+    plans = [tensorrt_memory.plan({"vae_decoder": tensorrt_memory.Need(gb, m * gb, 0)}, 16 * gb, gb) for m in (16, 4)]
+    assert tensorrt_memory.advice(plans, tiled=False) == [
+        "the VAE decoder alone does not fit 16 GB at these sizes: export it with --vae-tile 512 (or another tile) "
+        "and its engine plans one tile's activations"
+    ]
+    assert tensorrt_memory.advice(plans, tiled=True) == tensorrt_memory.advice(plans[1:], tiled=False) == []
 
 
 def test_cli_memory_plan_of_exported_graphs(trt_fp16):
@@ -467,7 +474,8 @@ def test_cli_memory_plan_of_exported_graphs(trt_fp16):
     # Every tensor sized, but the encoder's few position ranges ONNX's inference cannot follow.
     assert payload["needs"]["transformer"]["unresolved"] == payload["needs"]["vae_decoder"]["unresolved"] == 0
     assert [p["memory"] >> 30 for p in payload["plans"]] == [16, 32, 64]
-    assert all(p["verdict"] == "all resident" for p in payload["plans"])  # a tiny model fits anything
+    # A tiny model fits anything, and needs no advice.
+    assert all(p["verdict"] == "all resident" for p in payload["plans"]) and payload["advice"] == []
     # Orin has no FP8; the shipped recipes keep the first and last blocks, all the tiny model has.
     assert [(e["precision"], e["quantized_weights"]) for e in payload["estimates"]] == [("int8", 0), ("int4", 0)]
 

@@ -438,6 +438,8 @@ def _inspect_memory(args) -> None:
         for phase, n in needs.items()
     ]
     lines += [f"{p['memory'] / gb:>4.0f} GB ({p['usable'] / gb:.0f} usable): {p['verdict']}" for p in plans]
+    advice = tensorrt_memory.advice(plans, tiled=artifacts.vae_tiling is not None)
+    lines += advice
     estimates = _quantized_estimates(artifacts, needs, memories, workspace, args.device)
     for e in estimates:
         lines.append(f"{e['precision']}, estimated from these weights ({e['bits']:g} bits per quantized weight):")
@@ -446,6 +448,7 @@ def _inspect_memory(args) -> None:
         "needs": {k: vars(v) for k, v in needs.items()},
         "plans": plans,
         "estimates": estimates,
+        "advice": advice,
         "device": args.device,
     }
     _emit(args, payload, "\n".join(lines))
