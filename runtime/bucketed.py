@@ -2,8 +2,8 @@
 engine's one shape), which takes any shapes its functions cover.
 
 - A batch runs in parts of the functions' batch: one item at a time where every function has
-  batch 1 (Core ML), the whole batch at once, padded, where a function holds it (a static
-  engine built for classifier-free guidance's two).
+  batch 1 (Core ML), up to `--max-batch` items at once, the last part padded, on a static
+  TensorRT engine.
 - Prompt dims (the encoder's tokens, the text, the prefix) are padded at the end up to the
   smallest function that holds them, with zeros (False for masks), and outputs are cut back. That
   is exact for these graphs: attention is causal or block-causal, and padded keys are masked
