@@ -74,28 +74,12 @@ class BucketedSession:
         return sizes.pop()
 
     def _run_part(self, feeds: dict) -> dict:
-        actual = self._dims(feeds)
+        actual = read_dims(self.component, self.inputs, {n: tuple(v.shape) for n, v in feeds.items()})
         name = self._choose(actual)
         dims = self.functions[name]
         padded = {n: _pad(v, concrete_shape(self.inputs[n]["shape"], dims)) for n, v in feeds.items()}
         out = self.run_function(name, padded)
         return {n: _cut(out[n], concrete_shape(spec["shape"], actual)) for n, spec in self.outputs.items()}
-
-    def _dims(self, feeds) -> dict[str, int]:
-        """The symbolic dims these feeds have, read off the declared shapes."""
-        dims = {}
-        for name, value in feeds.items():
-            declared = self.inputs[name]["shape"]
-            if len(declared) != value.ndim:
-                raise ValueError(f"{self.component}: {name} has shape {tuple(value.shape)}, declared {declared}")
-            for symbol, size in zip(declared, value.shape):
-                if not isinstance(symbol, str):
-                    continue
-                factor, _, dim = symbol.rpartition("*")
-                count, rest = divmod(size, int(factor or 1))
-                if rest or dims.setdefault(dim, count) != count:
-                    raise ValueError(f"{self.component}: {name}'s {symbol} ({size}) disagrees with the other inputs")
-        return dims
 
     def _choose(self, actual: dict[str, int]) -> str:
         def fits(dims):
@@ -124,6 +108,24 @@ class BucketedSession:
 
     def _buckets(self) -> str:
         return ", ".join(name.partition("_")[2] or name for name in self.functions)
+
+
+def read_dims(component: str, inputs: dict[str, dict], shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """The symbolic dims of inputs of these shapes, read off their declared shapes (`inputs`:
+    name -> its manifest entry)."""
+    dims = {}
+    for name, shape in shapes.items():
+        declared = inputs[name]["shape"]
+        if len(declared) != len(shape):
+            raise ValueError(f"{component}: {name} has shape {tuple(shape)}, declared {declared}")
+        for symbol, size in zip(declared, shape):
+            if not isinstance(symbol, str):
+                continue
+            factor, _, dim = symbol.rpartition("*")
+            count, rest = divmod(size, int(factor or 1))
+            if rest or dims.setdefault(dim, count) != count:
+                raise ValueError(f"{component}: {name}'s {symbol} ({size}) disagrees with the other inputs")
+    return dims
 
 
 def _span(value, axis: int | None, start: int, count: int):

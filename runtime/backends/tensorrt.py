@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from qiedge.core.artifacts import Artifacts
 
-from ..bucketed import BucketedSession
+from ..bucketed import BucketedSession, read_dims
 from . import Session
 from .cuda import DeviceArrays
 
@@ -206,12 +206,8 @@ class TensorRTBackend:
 def static_session(component: str, entry: dict, session: Session, arrays, label: str) -> BucketedSession:
     """`session` over a static engine as one fixed-shape function, the dims its profile fixes
     (`label`: the size and prompt length it was exported for, as errors name it)."""
-    dims = {}
-    for tensor in entry["inputs"]:
-        for symbol, size in zip(tensor["shape"], entry["profile"][tensor["name"]]["min"]):
-            if isinstance(symbol, str):
-                factor, _, dim = symbol.rpartition("*")
-                dims[dim] = size // int(factor or 1)
+    inputs = {t["name"]: t for t in entry["inputs"]}
+    dims = read_dims(component, inputs, {name: tuple(entry["profile"][name]["min"]) for name in inputs})
     functions = {f"engine_{label}": dims}
     return BucketedSession(component, {**entry, "functions": functions}, lambda _, f: session.run(f), arrays)
 
