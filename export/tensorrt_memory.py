@@ -113,15 +113,16 @@ def needs(artifacts) -> dict[str, Need]:
     return result
 
 
-def matrices(graph_path: Path) -> dict[str, int]:
-    """The graph's Linear weights, layer name -> elements: what a recipe may quantize."""
+def matrices(graph_path: Path, prefix: str = "transformer.") -> dict[str, int]:
+    """The graph's Linear weights named under `prefix`, layer name (less the prefix) -> elements:
+    what a recipe may quantize."""
     import onnx
 
     model = onnx.load(str(graph_path), load_external_data=False)
     return {
-        t.name.removeprefix("transformer.").removesuffix(".weight"): t.dims[0] * t.dims[1]
+        t.name.removeprefix(prefix).removesuffix(".weight"): t.dims[0] * t.dims[1]
         for t in model.graph.initializer
-        if len(t.dims) == 2 and t.name.startswith("transformer.") and t.name.endswith(".weight")
+        if len(t.dims) == 2 and t.name.startswith(prefix) and t.name.endswith(".weight")
     }
 
 

@@ -17,11 +17,12 @@ from qiedge.core.artifacts import Artifacts
 from qiedge.core.metrics import Comparison
 from qiedge.export.cases import PREFIX
 from qiedge.export.specs import SPECS
-from qiedge.parity.checks import cached_step_velocities, case_context
+from qiedge.parity.checks import cached_step_velocities, case_context, image_bound
 from qiedge.quantization.accuracy import torch_sessions
 from qiedge.quantization.calibrate import calibrate
+from qiedge.quantization.encoder import encoder_quants, quantized_encoder
 from qiedge.quantization.fake_quant import attention_quants, fake_quantized, layer_quants
-from qiedge.quantization.recipe import Recipe
+from qiedge.quantization.recipe import EncoderWeights, Recipe
 from qiedge.quantization.run import quantize
 from qiedge.runtime import ort_int8
 from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
@@ -116,9 +117,10 @@ def test_qdq_graph_equals_the_fake_quant_model(fmt, quantized, model):
 
     onnx = cached_step_velocities(OnnxRuntimeBackend(Artifacts.open(q.out)), [(p, f) for p, f, _ in q.cases])
     for actual, (_, _, expected) in zip(onnx, q.cases):
-        # Expected differences: activations flipping at a rounding boundary (int8, fp8), and ONNX
-        # Runtime fusing int4 DQ + MatMul into its own kernel, which sums in another order.
-        assert Comparison.of(actual, expected).rel_l2 <= QDQ_REL_L2
+        # Expected differences: activations flipping at a rounding boundary (int8, fp8); weight-only
+        # int4 has none to flip (its fused kernel keeps the activations in float), only sums in
+        # another order.
+        assert Comparison.of(actual, expected).rel_l2 <= (1e-5 if weight_only else QDQ_REL_L2)
 
 
 # Runs under an emulated CPU: the backend's sessions on int8 artifacts, then the same sessions
@@ -202,12 +204,76 @@ def test_demo_checkpoint_keeps_the_image(fmt, tmp_path):
     assert json.loads((tmp_path / fmt / "recipe.json").read_text())["format"] == fmt
 
 
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_encoder_graph_equals_the_fake_quant_encoder(fmt, tiny_dir, model, tmp_path):
+    import onnx
+
+    recipe = replace(Recipe.load("int4"), encoder=EncoderWeights.named(fmt))
+    prompts = tmp_path / "eval_prompts.txt"
+    prompts.write_text("\n".join(prompt_set("held-out", 4)))
+    out = tmp_path / "artifacts"
+    report = tmp_path / "report"
+    record = quantize(
+        tiny_dir, recipe, out, report, eval_prompts=str(prompts), components=["condition_encoder"], log=lambda m: None
+    )
+    encoder, artifacts = record["encoder"], Artifacts.open(out)
+    assert (
+        f"Condition encoder: {len(encoder['layers_quantized'])} layers {fmt} weight-only"
+        in (report / "report.html").read_text()
+    )
+    layers = 7 * model.encoder_config["text_config"]["num_hidden_layers"]  # q, k, v, o, gate, up, down
+    assert len(encoder["layers_quantized"]) == layers and encoder["format"] == fmt
+    entry = artifacts.component("condition_encoder")
+    assert (entry["precision"], entry["quantization"]["scales_hash"]) == (fmt, encoder["scales_hash"])
+    assert artifacts.manifest["quantization"]["encoder"] == encoder
+
+    graph = onnx.load(str(out / entry["graph"]), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert (ops.count("DequantizeLinear"), ops.count("QuantizeLinear")) == (layers, 0)  # weight-only
+    stored = {
+        t.name: t.data_type for t in graph.initializer if t.name.removesuffix(".weight") in encoder["layers_quantized"]
+    }
+    assert set(stored.values()) == {onnx.TensorProto.INT8 if fmt == "int8" else onnx.TensorProto.INT4}
+    assert len(stored) == layers
+
+    fp32 = model.load_condition_encoder()
+    fake = quantized_encoder(fp32, encoder_quants(fp32.model, recipe.encoder), fmt)
+    graph_encoder = OnnxRuntimeBackend(artifacts).prompt_encoder(artifacts.facts)
+    batch = ["a red circle on the left on a blue background", "two small green squares"]
+    ours, expected, reference = (e(batch, []) for e in (graph_encoder, fake, fp32))
+    assert (ours.mask == expected.mask).all()
+    error, cost = Comparison.of(ours.embeds, expected.embeds), Comparison.of(expected.embeds, reference.embeds)
+    print(f"{fmt}: graph vs fake-quant rel L2 {error.rel_l2:.2e}; fake-quant vs fp32 {cost.rel_l2:.2e}")
+    # The same fp32 arithmetic summed in another order: ONNX Runtime's MatMulNBits keeps the
+    # activations in float (its default would quantize them to int8: 5e-3).
+    assert error.rel_l2 <= 1e-5
+    assert cost.rel_l2 > 100 * error.rel_l2  # the graph computes the quantized weights, not fp32's
+    assert encoder["hidden_states"]["cosine_min"] < 1
+
+
 def test_recipe_keeps_named_layers():
     recipe = Recipe.load("int8")
     layers = [f"transformer_blocks.{i}.attn.to_q" for i in range(4)] + ["img_in", "proj_out", "modulation.1"]
     assert recipe.quantized_layers(layers, 4) == ["transformer_blocks.1.attn.to_q", "transformer_blocks.2.attn.to_q"]
     with pytest.raises(ValueError, match="format"):
         replace(recipe, format="int3")
+
+
+def test_encoder_weights_in_a_recipe_file(tmp_path):
+    recipe = replace(Recipe.load("int8"), encoder=EncoderWeights.named("int4"))
+    path = tmp_path / "recipe.json"
+    path.write_text(recipe.to_json())
+    assert Recipe.load(str(path)) == recipe and recipe.encoder.granularity == "group:64"
+    for bad in (("int8", 64), ("int4", None), ("int4", 48), ("fp8", None)):
+        with pytest.raises(ValueError, match="encoder weights are int8"):
+            EncoderWeights(*bad)
+
+
+def test_the_image_bound_is_the_loosest_graphs():
+    manifest = {"precision": "int8", "components": {"transformer_step": {"precision": "int8"}}}
+    assert image_bound(manifest) == 30.0
+    manifest["components"]["condition_encoder"] = {"precision": "int4"}  # weight-only encoder
+    assert image_bound(manifest) == 25.0
 
 
 def test_a_faulty_quantized_model_is_measured_to_the_end(tiny_dir):

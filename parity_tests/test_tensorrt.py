@@ -477,7 +477,17 @@ def test_cli_memory_plan_of_exported_graphs(trt_fp16):
     # A tiny model fits anything, and needs no advice.
     assert all(p["verdict"] == "all resident" for p in payload["plans"]) and payload["advice"] == []
     # Orin has no FP8; the shipped recipes keep the first and last blocks, all the tiny model has.
-    assert [(e["precision"], e["quantized_weights"]) for e in payload["estimates"]] == [("int8", 0), ("int4", 0)]
+    estimates = [(e["precision"], e["quantized_weights"], e["encoder_int4"]) for e in payload["estimates"]]
+    assert estimates == [(p, 0, encoder) for p in ("int8", "int4") for encoder in (False, True)]
+    # --encoder-weights int4: each Linear of the encoder's decoder layers at 4 bits and a scale per 64.
+    import onnx
+
+    graph = onnx.load(str(artifacts.verify("condition_encoder")), load_external_data=False).graph
+    layers = [t for t in graph.initializer if t.name.startswith("model.language_model.layers.") and len(t.dims) == 2]
+    linear = sum(t.dims[0] * t.dims[1] for t in layers)
+    fp16, int4 = (payload["estimates"][i]["weights"]["condition_encoder"] for i in (0, 1))
+    assert fp16 == payload["needs"]["condition_encoder"]["weights"]
+    assert linear > 0 and int4 == fp16 - int(linear * (16 - 4.25) / 8)
 
 
 def test_requantized_weights():

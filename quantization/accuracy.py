@@ -4,7 +4,7 @@ adherence, and per-layer sensitivity (one layer quantized at a time)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from qiedge.core.metrics import Comparison, psnr, ssim
@@ -92,37 +92,41 @@ class Judge:
         self.fp32_steps = (list(evaluation.requests), recorded.velocities)  # the requests, their steps in order
         self.fp32_adherence = _adherence_or_none(self.fp32_images.pixels, evaluation.prompts)
 
-    def _sessions(self, prefix, step) -> Sessions:
-        return self.runtime.sessions.replacing(transformer_prefix=prefix, transformer_step=step)
+    def _sessions(self, prefix, step, encode=None) -> Sessions:
+        """The fp32 sessions with this prefix and step, and this prompt encoder (a quantized
+        condition encoder) where one is given."""
+        sessions = self.runtime.sessions.replacing(transformer_prefix=prefix, transformer_step=step)
+        return sessions if encode is None else replace(sessions, encode=encode)
 
-    def _replay(self, prefix, q_step) -> tuple[Sessions, AlongReference]:
+    def _replay(self, prefix, q_step, encode=None) -> tuple[Sessions, AlongReference]:
         """Sessions that follow the fp32 trajectory with these prefix and step sessions, and the
         step session that records their figures."""
         requests, velocities = self.fp32_steps
         if self.evaluation.requests != requests:
             raise RuntimeError("the evaluation's requests changed since fp32 was recorded: nothing to measure along")
         paired = AlongReference(q_step, velocities)
-        return self._sessions(prefix, paired).replacing(vae_decoder=NoImage()), paired
+        return self._sessions(prefix, paired, encode).replacing(vae_decoder=NoImage()), paired
 
-    def images(self, transformer) -> Images:
-        return self.images_of(*torch_sessions(transformer))
+    def images(self, transformer, encode=None) -> Images:
+        return self.images_of(*torch_sessions(transformer), encode)
 
-    def images_of(self, prefix, step) -> Images:
-        """The evaluation's images with the transformer's prefix and step run by these sessions;
-        a NaN or Inf is counted (and drawn black), not a reason to stop measuring."""
-        sessions = self._sessions(prefix, step)
+    def images_of(self, prefix, step, encode=None) -> Images:
+        """The evaluation's images with the transformer's prefix and step run by these sessions
+        (and the prompts encoded by `encode`); a NaN or Inf is counted (and drawn black), not a
+        reason to stop measuring."""
+        sessions = self._sessions(prefix, step, encode)
         raw = np.concatenate(
             [generate(r, self.runtime.facts, sessions, check_finite=False) for r in self.evaluation.requests]
         )
         finite = np.isfinite(raw)
         return Images(to_uint8(np.where(finite, raw, 0)), int(raw.size - finite.sum()))
 
-    def per_step(self, transformer) -> list[dict]:
-        return self.per_step_of(*torch_sessions(transformer))
+    def per_step(self, transformer, encode=None) -> list[dict]:
+        return self.per_step_of(*torch_sessions(transformer), encode)
 
-    def per_step_of(self, q_prefix, q_step) -> list[dict]:
+    def per_step_of(self, q_prefix, q_step, encode=None) -> list[dict]:
         """Per-step velocity figures of these sessions along the fp32 trajectory."""
-        sessions, paired = self._replay(q_prefix, q_step)
+        sessions, paired = self._replay(q_prefix, q_step, encode)
         for request in self.evaluation.requests:
             generate(request, self.runtime.facts, sessions, check_finite=False)
         steps = len(paired.steps) // len(self.evaluation.requests)
@@ -146,6 +150,18 @@ class Judge:
             "adherence": _adherence_or_none(images.pixels, prompts),
             "fp32_adherence": self.fp32_adherence,
             "non_finite": images.non_finite,
+        }
+
+    def encoder_figures(self, encode) -> dict:
+        """The prompts' hidden states from `encode` against the fp32 encoder's, over real tokens."""
+        figures = []
+        for request in self.evaluation.requests:
+            ours, fp32 = encode(request.prompts, []), self.runtime.sessions.encode(request.prompts, [])
+            figures += [Comparison.of(a[m], b[m]) for a, b, m in zip(ours.embeds, fp32.embeds, fp32.mask)]
+        return {
+            "cosine_min": _finite_or_none(min(f.cosine for f in figures)),
+            "rel_error_mean": _finite_or_none(np.mean([f.rel_l2 for f in figures])),
+            "non_finite": sum(f.non_finite for f in figures),
         }
 
     def final_velocity_error(self, transformer) -> float:

@@ -24,7 +24,7 @@ import numpy as np
 from qiedge.export.stages import Pass
 from qiedge.export.tensorrt_islands import narrowed
 
-from .onnx_qdq import _constant, _is_transformer, _zero_point
+from .onnx_qdq import _constant, _zero_point, is_transformer
 
 BLOCK = "transformer_blocks.{}.attn"
 TO_OUT = re.compile(r"transformer_blocks\.(\d+)\.attn\.to_out\.0\.weight$")
@@ -38,7 +38,7 @@ class AttentionQdq:
 
     def as_pass(self) -> Pass:
         entry = {"attention": {"format": "fp8", "blocks": len(self.scales)}}
-        return Pass("FP8 attention", self._insert_pass, applies_to=_is_transformer, entry=entry)
+        return Pass("FP8 attention", self._insert_pass, applies_to=is_transformer, entry=entry)
 
     def _insert_pass(self, job) -> None:
         import torch

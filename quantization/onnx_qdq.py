@@ -6,7 +6,8 @@ reads (and ONNX Runtime's CPU provider runs):
 
 Dynamic INT8 (ONNX Runtime only) quantizes the activations at run time instead: see
 `_dynamic_matmul`. Weight-only INT4 keeps the activations in float and dequantizes blocks of G input channels
-(opset 21's blocked DequantizeLinear). Weights are quantized tensor by tensor while they stream
+(opset 21's blocked DequantizeLinear); weight-only INT8 (the condition encoder's) dequantizes per
+output channel. Weights are quantized tensor by tensor while they stream
 into the external-data file (the export pass's weight hook), their scales computed from the
 tensor right there, so the 7B graph never needs the model in memory.
 """
@@ -35,13 +36,21 @@ def _numpy(q: torch.Tensor, fmt: str) -> np.ndarray:
 QDQ_OPSET = {"int8": 19, "fp8": 19, "int4": 21}  # fp16 and float8 Q/DQ types need opset 19, blocked int4 DQ 21
 
 
-class QdqPlan:
-    """Which checkpoint weights are quantized, and how; the weight scales, recorded as each
-    weight streams through `for_key`, are what `insert_qdq` writes beside it."""
+def is_transformer(spec) -> bool:
+    return spec.weights == "transformer"
 
-    def __init__(self, quants: dict[str, LayerQuant], fmt: str):
+
+def is_condition_encoder(spec) -> bool:
+    return spec.name == "condition_encoder"
+
+
+class QdqPlan:
+    """Which checkpoint weights of the graphs it applies to are quantized, and how; the weight
+    scales, recorded as each weight streams through `for_key`, are what `insert_qdq` writes beside it."""
+
+    def __init__(self, quants: dict[str, LayerQuant], fmt: str, applies_to=is_transformer):
         self.quants = {f"{name}.weight": q for name, q in quants.items()}
-        self.fmt = fmt
+        self.fmt, self.applies_to = fmt, applies_to
         self.weight_scales: dict[str, np.ndarray] = {}
 
     @property
@@ -62,8 +71,8 @@ class QdqPlan:
         return quantize
 
     def as_pass(self, record: dict) -> Pass:
-        """The export pass: quantize the transformer's planned weights as they stream, put Q/DQ
-        around their MatMuls, and record the format, opset, recipe and scales in the manifest."""
+        """The export pass: quantize the planned weights as they stream, put Q/DQ around their
+        MatMuls, and record the format, opset, recipe and scales in the manifest."""
         entry = {
             "precision": self.fmt,
             "opset": self.opset,
@@ -73,15 +82,11 @@ class QdqPlan:
                 "recipe": record["recipe"]["name"],
             },
         }
-        return Pass("insert Q/DQ", self._insert_pass, applies_to=_is_transformer, weights=self.for_key, entry=entry)
+        return Pass("insert Q/DQ", self._insert_pass, applies_to=self.applies_to, weights=self.for_key, entry=entry)
 
     def _insert_pass(self, job) -> None:
         if not insert_qdq(job.graph, job.spec.key_prefix, self, torch.empty(0, dtype=job.precision).numpy().dtype):
             raise ValueError("no planned layer feeds a MatMul in this graph")
-
-
-def _is_transformer(spec) -> bool:
-    return spec.weights == "transformer"
 
 
 def _zero_point(fmt: str):
@@ -151,6 +156,11 @@ def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) ->
             ],
             attributes={"axis": 1} if axis else {},
         )
+        if quant.act_scale is None:  # weight-only: the activations stay in float
+            graph.insert_before(matmul, [w_dq])
+            matmul.replace_input_with(1, w_dq.outputs[0])
+            count += 1
+            continue
         nodes = [w_dq]
         x = matmul.inputs[0]
         if quant.smooth is not None:

@@ -116,9 +116,10 @@ class OnHost:
         return {name: self.arrays.get(value) for name, value in self.session.run(feeds).items()}
 
 
-def on_device(judge, model_path, quants: dict[str, LayerQuant], fmt: str, device: str = "cuda") -> dict:
+def on_device(judge, model_path, quants: dict[str, LayerQuant], fmt: str, device: str = "cuda", encode=None) -> dict:
     """The judge's figures for the same plan on real `fmt` matmuls (the cuda backend: bf16
-    around them), next to the fake-quant model's emulation."""
+    around them), next to the fake-quant model's emulation; the prompts encoded by `encode` (a
+    weight-only quantized encoder, emulated on the host) where one is given."""
     from qiedge.reference_model.model_dir import ModelDir
     from qiedge.runtime.backends.cuda import CudaBackend
 
@@ -128,6 +129,6 @@ def on_device(judge, model_path, quants: dict[str, LayerQuant], fmt: str, device
     return {
         "device": name,
         "arithmetic": f"{fmt} matmuls, bf16 elsewhere",
-        "per_step": judge.per_step_of(prefix, step),
-        **judge.image_figures(judge.images_of(prefix, step)),
+        "per_step": judge.per_step_of(prefix, step, encode),
+        **judge.image_figures(judge.images_of(prefix, step, encode)),
     }

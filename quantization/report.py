@@ -57,12 +57,26 @@ def write_report(folder: Path, record: dict, ranking: dict | None, judge, images
 {len(record["layers_high_precision"])} kept in high precision. Measured on {html.escape(a["measured_on"]["cpu"])},
 by {html.escape(a["measured_on"]["by"])}.</p>
 {_non_finite_line(a)}
+{_encoder_line(record.get("encoder"))}
 {_gpu_line(a.get("gpu"))}
 <h2>Per-step velocity along the fp32 trajectory</h2>
 <table><tr><th>step</th><th>cosine (min)</th><th>relative error (mean)</th><th>NaN / Inf values</th></tr>{steps}</table>
 <h2>Images: fp32, {record["format"]}, difference</h2><table>{rows}</table>
 <h2>Per-layer sensitivity (final-velocity relative error, one layer quantized)</h2><table>{layers}</table>
 """,
+    )
+
+
+def _encoder_line(encoder: dict | None) -> str:
+    """The condition encoder's weight-only quantization, whose cost the figures above include."""
+    if encoder is None:
+        return "<p>The condition encoder is not quantized.</p>"
+    h = encoder["hidden_states"]
+    return (
+        f"<p>Condition encoder: {len(encoder['layers_quantized'])} layers {html.escape(encoder['format'])} "
+        f"weight-only (included in every figure here); its prompts' hidden states against fp32: cosine "
+        f"{_figure(h['cosine_min'], '.5f')} at worst, relative error {_figure(h['rel_error_mean'], '.4f')} "
+        "on average.</p>"
     )
 
 

@@ -144,6 +144,20 @@ def test_quantize_refuses_an_unknown_component(tiny, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["quantize", "--format", "int4", "--components", "transformer_step"], "which the components leave out"),
+        (["export", "--target", "tensorrt"], "--encoder-weights goes with --precision int8, fp8 or int4"),
+    ],
+)
+def test_encoder_weights_refused_where_no_encoder_is_quantized(tiny, tmp_path, args, needle):
+    out = tmp_path / "art"
+    result = qiedge(*args, "--model", str(tiny), "--encoder-weights", "int4", "--out", str(out))
+    refused(result, needle)
+    assert not out.exists()
+
+
 def test_concurrent_writers_of_one_path_each_publish_a_whole_image(tmp_path):
     out = tmp_path / "img.png"
     images = [np.full((1, 32, 32, 4), value, np.uint8) for value in range(8)]

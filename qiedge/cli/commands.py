@@ -133,8 +133,9 @@ def cmd_export(args) -> None:
         raise ValueError(f"--precision {args.precision} exports for tensorrt; for onnx use `qiedge quantize`")
     if quantized and not args.model:
         raise ValueError(f"{args.precision} graphs are calibrated on real weights: pass --model DIR, not --preset")
-    if args.recipe and not quantized:
-        raise ValueError("--recipe goes with --precision int8, fp8 or int4")
+    if (args.recipe or args.encoder_weights) and not quantized:
+        flag = "--recipe" if args.recipe else "--encoder-weights"
+        raise ValueError(f"{flag} goes with --precision int8, fp8 or int4")
     model = ModelDir.open(args.model) if args.model else None
     if quantized:
         manifest = _export_quantized(args, model, options)
@@ -193,7 +194,7 @@ def _export_quantized(args, model, options: dict) -> dict:
 
     log = (lambda message: None) if args.json else (lambda message: print(message, file=sys.stderr))
     components = _components(args)
-    recipe = Recipe.load(args.recipe or args.precision)
+    recipe = _with_encoder(Recipe.load(args.recipe or args.precision), args.encoder_weights)
     if recipe.format != args.precision:
         raise ValueError(f"recipe {recipe.name} is {recipe.format}, not {args.precision}")
     quantize(
@@ -208,6 +209,15 @@ def _export_quantized(args, model, options: dict) -> dict:
     from qiedge.core.artifacts import Artifacts
 
     return Artifacts.open(args.out).manifest
+
+
+def _with_encoder(recipe, encoder_weights: str | None):
+    """The recipe, with `--encoder-weights` where given (over the recipe's own `encoder`)."""
+    from dataclasses import replace
+
+    from qiedge.quantization.recipe import EncoderWeights
+
+    return replace(recipe, encoder=EncoderWeights.named(encoder_weights)) if encoder_weights else recipe
 
 
 def _target_options(args) -> dict:
@@ -354,7 +364,7 @@ def cmd_quantize(args) -> None:
     from qiedge.quantization.recipe import Recipe
     from qiedge.quantization.run import quantize
 
-    recipe = Recipe.load(args.recipe or args.format)
+    recipe = _with_encoder(Recipe.load(args.recipe or args.format), args.encoder_weights)
     if recipe.format != args.format:
         raise ValueError(f"recipe {recipe.name} is {recipe.format}, not {args.format}")
     if args.calib_prompts:
@@ -377,12 +387,19 @@ def cmd_quantize(args) -> None:
     adherence = (
         "n/a" if a["adherence"] is None else f"{100 * a['adherence']:.1f}% (fp32 {100 * a['fp32_adherence']:.1f}%)"
     )
+    encoder = record.get("encoder")
+    encoded = (
+        f"; encoder: {len(encoder['layers_quantized'])} layers {encoder['format']} weight-only, "
+        f"min hidden-state cosine {encoder['hidden_states']['cosine_min']:.4f}"
+        if encoder
+        else ""
+    )
     _emit(
         args,
         record,
         f"wrote {args.out}: {len(record['layers_quantized'])} layers {record['format']}, "
         f"min step cosine {min(s['cosine_min'] for s in a['per_step']):.4f}, "
-        f"PSNR {a['psnr_db']:.1f} dB, adherence {adherence}",
+        f"PSNR {a['psnr_db']:.1f} dB, adherence {adherence}{encoded}",
     )
 
 
@@ -442,7 +459,10 @@ def _inspect_memory(args) -> None:
     lines += advice
     estimates = _quantized_estimates(artifacts, needs, memories, workspace, args.device)
     for e in estimates:
-        lines.append(f"{e['precision']}, estimated from these weights ({e['bits']:g} bits per quantized weight):")
+        encoder = " + --encoder-weights int4" if e["encoder_int4"] else ""
+        bits = f"{e['bits']:g} bits per quantized transformer weight"
+        bits += f", {ENCODER_INT4_BITS:g} per encoder one" if e["encoder_int4"] else ""
+        lines.append(f"{e['precision']}{encoder}, estimated from these weights ({bits}):")
         lines += [f"{p['memory'] / gb:>4.0f} GB: {p['verdict']}" for p in e["plans"]]
     payload = {
         "needs": {k: vars(v) for k, v in needs.items()},
@@ -454,11 +474,16 @@ def _inspect_memory(args) -> None:
     _emit(args, payload, "\n".join(lines))
 
 
+ENCODER_INT4_BITS = 4 + 16 / 64  # --encoder-weights int4: an fp16 scale per group of 64
+
+
 def _quantized_estimates(artifacts, needs, memories: list[int], workspace: int, device: str) -> list[dict]:
     """From fp16 artifacts, each quantized precision the device runs: the transformer's weights
-    with the shipped recipe's layers at its width (activations as in fp16)."""
+    with the shipped recipe's layers at its width (activations as in fp16); where the condition
+    encoder is exported, each also with its Linear weights in int4 (`--encoder-weights int4`)."""
     from qiedge.export import tensorrt_memory
     from qiedge.export.tensorrt_devices import DEVICES, QUANTIZED
+    from qiedge.quantization.encoder import LAYERS
     from qiedge.quantization.recipe import Recipe
 
     graphs = [c for c in tensorrt_memory.PHASES["transformer"] if c in artifacts.components]
@@ -466,14 +491,30 @@ def _quantized_estimates(artifacts, needs, memories: list[int], workspace: int, 
         return []
     layers = {n: e for c in graphs for n, e in tensorrt_memory.matrices(artifacts.verify(c)).items()}
     blocks = artifacts.manifest["model"]["transformer"]["num_layers"]
+    variants = {False: {}}  # with the encoder's weights in int4: the phase need it replaces
+    if "condition_encoder" in needs:
+        linear = sum(tensorrt_memory.matrices(artifacts.verify("condition_encoder"), LAYERS).values())
+        encoder = tensorrt_memory.requantized(needs["condition_encoder"], linear, ENCODER_INT4_BITS)
+        variants[True] = {"condition_encoder": encoder}
     estimates = []
     for precision in (p for p in QUANTIZED if p in DEVICES[device].precisions):
         recipe = Recipe.load(precision)
         bits = 4 + 16 / recipe.group_size if recipe.format == "int4" else 8  # int4: an fp16 scale per group
         elements = sum(layers[n] for n in recipe.quantized_layers(list(layers), blocks))
-        need = {**needs, "transformer": tensorrt_memory.requantized(needs["transformer"], elements, bits)}
-        plans = [tensorrt_memory.plan(need, memory, workspace) for memory in memories]
-        estimates.append({"precision": precision, "bits": bits, "quantized_weights": elements, "plans": plans})
+        transformer = {"transformer": tensorrt_memory.requantized(needs["transformer"], elements, bits)}
+        for encoder_int4, encoder in variants.items():
+            need = {**needs, **transformer, **encoder}
+            plans = [tensorrt_memory.plan(need, memory, workspace) for memory in memories]
+            estimates.append(
+                {
+                    "precision": precision,
+                    "bits": bits,
+                    "quantized_weights": elements,
+                    "encoder_int4": encoder_int4,
+                    "weights": {phase: n.weights for phase, n in need.items()},
+                    "plans": plans,
+                }
+            )
     return estimates
 
 
