@@ -543,6 +543,17 @@ def test_vae_tiles_bound_the_decoder_profile():
         dataclasses.replace(options, sizes=parse_sizes("2048x2048"), prompt_lengths=(128,), static=True).check()
 
 
+class Noted:
+    """A graph's session that notes the shapes it runs at."""
+
+    def __init__(self, session, calls: list):
+        self.session, self.calls = session, calls
+
+    def run(self, feeds):
+        self.calls.append({n: tuple(v.shape) for n, v in feeds.items()})
+        return self.session.run(feeds)
+
+
 def test_static_engines_take_shorter_prompts_and_smaller_batches(trt_fp16, tiny_dir):
     """The tensorrt backend's session over a static engine (runtime/backends/tensorrt.py), here
     around ONNX Runtime sessions of the same graphs given a static profile (64x64, prompts of 40
@@ -561,20 +572,10 @@ def test_static_engines_take_shorter_prompts_and_smaller_batches(trt_fp16, tiny_
     ranges = TensorRTOptions(sizes=parse_sizes("64x64"), prompt_lengths=(40,), max_batch=2, static=True).ranges
     backend, calls = OnnxRuntimeBackend(artifacts), []
 
-    class Noted:
-        """A graph's session that notes the shapes it runs at."""
-
-        def __init__(self, component):
-            self.session = backend.load(component)
-
-        def run(self, feeds):
-            calls.append({n: tuple(v.shape) for n, v in feeds.items()})
-            return self.session.run(feeds)
-
     def padded(component):
         fixed = profile(SPECS[component], configs, ranges.dims(tokenizer.drop))
         entry = {**artifacts.component(component), "profile": fixed, "static": True}
-        return static_session(component, entry, Noted(component), HOST, "64x64_t40")
+        return static_session(component, entry, Noted(backend.load(component), calls), HOST, "64x64_t40")
 
     request = Request(["a red circle"], width=64, height=64, seed=5)
     plain = Sessions(backend.prompt_encoder(artifacts.facts), backend.load)
@@ -588,3 +589,29 @@ def test_static_engines_take_shorter_prompts_and_smaller_batches(trt_fp16, tiny_
     assert {call["latents"][0] for call in calls if "latents" in call} == {2}
     with pytest.raises(BucketError, match="a prompt of 41 tokens has no bucket; exported: 64x64_t40"):
         padded("transformer_prefix").run({"key_valid": np.ones((1, 41), bool)})
+
+
+def test_a_dynamic_engine_runs_a_larger_batch_in_parts(trt_fp16):
+    """The tensorrt backend's session over a dynamic engine built for --max-batch 1, here around
+    ONNX Runtime sessions of the same graphs: a two-image request runs as one-item calls and draws
+    the images the graphs draw in one batch."""
+    from qiedge.core.metrics import psnr
+    from qiedge.runtime.arrays import HOST
+    from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
+    from qiedge.runtime.bucketed import PartedSession
+    from qiedge.runtime.sampler import GraphPromptEncoder, Request, Sessions, generate
+
+    artifacts = Artifacts.open(trt_fp16)
+    backend, calls = OnnxRuntimeBackend(artifacts), []
+
+    def parted(component):
+        return PartedSession(component, artifacts.component(component), Noted(backend.load(component), calls), 1, HOST)
+
+    tokenizer = PromptTokenizer(artifacts.facts.tokenizer_json)
+    request = Request(["a red circle", "a small blue square on the right"], width=64, height=64, seed=5)
+    plain = Sessions(backend.prompt_encoder(artifacts.facts), backend.load)
+    parts = Sessions(GraphPromptEncoder(tokenizer, parted("condition_encoder"), artifacts.facts.vision, None), parted)
+    expected = generate(request, artifacts.facts, plain)
+    assert expected.shape[0] == 2 and psnr(generate(request, artifacts.facts, parts), expected, peak=1.0) >= 60
+    batches = {shape[0] for call in calls for name, shape in call.items() if name in ("input_ids", "latents")}
+    assert batches == {1} and len(calls) > 0

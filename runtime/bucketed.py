@@ -49,29 +49,7 @@ class BucketedSession:
                     f"{self.component}: no bucket takes {name} (shape {tuple(feeds[name].shape)}): "
                     "these packages were exported for text-to-image only"
                 )
-        feeds = {n: v for n, v in feeds.items() if n in self.inputs}
-        batch = self._batch(feeds)
-        parts = [
-            self._run_part({n: _span(v, self._axis(self.inputs[n]), start, self.part) for n, v in feeds.items()})
-            for start in range(0, batch, self.part)
-        ]
-        return {
-            name: self.arrays.concat([part[name] for part in parts], axis=self._axis(spec))
-            if self._axis(spec) is not None and len(parts) > 1
-            else parts[0][name]
-            for name, spec in self.outputs.items()
-        }
-
-    @staticmethod
-    def _axis(tensor: dict) -> int | None:
-        return tensor["shape"].index("batch") if "batch" in tensor["shape"] else None
-
-    def _batch(self, feeds) -> int:
-        axes = {n: self._axis(self.inputs[n]) for n in feeds}
-        sizes = {v.shape[axes[n]] for n, v in feeds.items() if axes[n] is not None}
-        if len(sizes) != 1 or not min(sizes):
-            raise ValueError(f"{self.component}: the inputs' batch sizes are {sorted(sizes)}: one, of at least 1")
-        return sizes.pop()
+        return in_parts(self, feeds, self.part, self._run_part)
 
     def _run_part(self, feeds: dict) -> dict:
         actual = read_dims(self.component, self.inputs, {n: tuple(v.shape) for n, v in feeds.items()})
@@ -108,6 +86,42 @@ class BucketedSession:
 
     def _buckets(self) -> str:
         return ", ".join(name.partition("_")[2] or name for name in self.functions)
+
+
+class PartedSession:
+    """A session that takes any batch, run `part` items at a time: a dynamic TensorRT engine's
+    profile ends at `--max-batch`, and the sampler's batch is the request's."""
+
+    def __init__(self, component: str, entry: dict, session, part: int, arrays: Arrays = HOST):
+        self.component, self.session, self.part, self.arrays = component, session, part, arrays
+        self.inputs = {t["name"]: t for t in entry["inputs"]}
+        self.outputs = {t["name"]: t for t in entry["outputs"]}
+
+    def run(self, feeds: dict) -> dict:
+        return in_parts(self, feeds, self.part, self.session.run)
+
+
+def in_parts(session, feeds: dict, part: int, run: Callable[[dict], dict]) -> dict:
+    """`run` over `part` batch items at a time, the outputs joined along their batch axes (the
+    declared `inputs` and `outputs` and the `arrays` of `session`)."""
+    feeds = {n: v for n, v in feeds.items() if n in session.inputs}
+    axes = {n: _axis(session.inputs[n]) for n in feeds}
+    sizes = {v.shape[axes[n]] for n, v in feeds.items() if axes[n] is not None}
+    if len(sizes) != 1 or not min(sizes):
+        raise ValueError(f"{session.component}: the inputs' batch sizes are {sorted(sizes)}: one, of at least 1")
+    parts = [
+        run({n: _span(v, axes[n], start, part) for n, v in feeds.items()}) for start in range(0, sizes.pop(), part)
+    ]
+    return {
+        name: session.arrays.concat([p[name] for p in parts], axis=_axis(spec))
+        if _axis(spec) is not None and len(parts) > 1
+        else parts[0][name]
+        for name, spec in session.outputs.items()
+    }
+
+
+def _axis(tensor: dict) -> int | None:
+    return tensor["shape"].index("batch") if "batch" in tensor["shape"] else None
 
 
 def read_dims(component: str, inputs: dict[str, dict], shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:

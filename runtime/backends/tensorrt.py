@@ -3,7 +3,8 @@
 - Each engine is refused before it loads if the manifest says it was built by another TensorRT
   version or for another GPU (an engine is tied to both), naming what to rebuild with;
 - one execution context per engine; every call sets the input shapes, checked against the
-  profile the engine was built with, and binds torch CUDA tensors as the device buffers;
+  profile the engine was built with, and binds torch CUDA tensors as the device buffers; a batch
+  larger than the profile's (`--max-batch`) runs in parts of that many items (runtime/bucketed.py);
 - arrays stay on the device (the cuda backend's DeviceArrays), so the prefix's K/V and the
   latents never cross to the host between the prompt going in and the image coming out; only
   what the sampler computes with (velocity, image) comes back fp32;
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from qiedge.core.artifacts import Artifacts
 
-from ..bucketed import BucketedSession, read_dims
+from ..bucketed import BucketedSession, PartedSession, read_dims
 from . import Session
 from .cuda import DeviceArrays
 
@@ -73,7 +74,7 @@ class TensorRTSession:
         if len(tensor.shape) != len(low) or any(not a <= s <= b for a, s, b in zip(low, tensor.shape, high)):
             raise ValueError(
                 f"{self.component}: {name} has shape {tuple(tensor.shape)}, outside the engine's profile "
-                f"{tuple(low)} .. {tuple(high)}: export again with wider --sizes / --prompt-lengths / --max-batch"
+                f"{tuple(low)} .. {tuple(high)}: export again with wider --sizes / --prompt-lengths"
             )
         return tensor
 
@@ -163,9 +164,9 @@ class TensorRTBackend:
             # Streaming is off unless a budget is set before the context exists: let TensorRT size it.
             engine.weight_streaming_budget_v2 = engine.weight_streaming_automatic_budget
         session = TensorRTSession(component, engine, entry["profile"], entry["static"])
-        if not entry["static"]:
-            return session
         exported = self.artifacts.manifest["tensorrt"]
+        if not entry["static"]:
+            return PartedSession(component, entry, session, exported["max_batch"], self.arrays)
         label = f"{exported['sizes'][0]}_t{exported['prompt_lengths'][0]}"
         return static_session(component, entry, session, self.arrays, label)
 
