@@ -132,8 +132,12 @@ def main() -> None:
         },
         "auto": lambda: qiedge_path(model, "auto", request),
     }
+    paths = args.paths.split(",")
+    unknown = [p for p in paths if p not in builders]
+    if unknown:
+        parser.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(builders)}")
     results = {}
-    for name in args.paths.split(","):
+    for name in paths:
         run = builders[name]()
         start = time.perf_counter()
         run(request)  # warm-up: compilation, allocator, caches
@@ -142,7 +146,8 @@ def main() -> None:
         results[name] = (seconds, image, clock, warmup)
         print(f"{name}: {seconds:.3f} s", flush=True)
 
-    reference = results.get("torch", results.get("diffusers-fp32"))[1]
+    # PSNR against qiedge's fp32 (or diffusers', equal to it), where one of them ran.
+    reference = next((results[k][1] for k in ("torch", "diffusers-fp32") if k in results), None)
     fp32, bf16 = (results.get(k, (None,))[0] for k in ("diffusers-fp32", "diffusers-bf16"))
     rows = []
     for name, (seconds, image, clock, warmup) in results.items():
@@ -154,7 +159,7 @@ def main() -> None:
                 seconds,
                 f"{fp32 / seconds:.2f}x" if fp32 else "-",
                 f"{bf16 / seconds:.2f}x" if bf16 else "-",
-                f"{psnr(image, reference, peak=1.0):.1f}",
+                f"{psnr(image, reference, peak=1.0):.1f}" if reference is not None else "-",
                 overhead,
                 f"{warmup:.1f}",
             ]
