@@ -112,7 +112,6 @@ def main() -> None:
     args = parser.parse_args()
 
     print(machine_header(), flush=True)
-    model = model_dir(args.preset)
     request = Request([PROMPT], width=args.size, height=args.size, seed=0)
     builders = {
         "diffusers-fp32": lambda: diffusers_path(model, "fp32"),
@@ -136,6 +135,7 @@ def main() -> None:
     unknown = [p for p in paths if p not in builders]
     if unknown:
         parser.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(builders)}")
+    model = model_dir(args.preset)  # the builders read it when they are called
     results = {}
     for name in paths:
         run = builders[name]()

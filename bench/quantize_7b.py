@@ -48,14 +48,15 @@ def transformer_plan(preset, fmt: str):
 
 
 def encoder_plan(preset, fmt: str):
-    from qiedge.quantization.encoder import LAYERS
     from qiedge.quantization.onnx_qdq import QdqPlan, is_condition_encoder
-    from qiedge.quantization.recipe import EncoderWeights
+    from qiedge.quantization.recipe import ENCODER_LAYERS, EncoderWeights
     from qiedge.quantization.scales import LayerQuant
 
     weights = EncoderWeights.named(fmt)
     layers = [
-        f"{LAYERS}{i}.{n}" for i in range(preset.encoder.text_config["num_hidden_layers"]) for n in ENCODER_LINEARS
+        f"{ENCODER_LAYERS}{i}.{n}"
+        for i in range(preset.encoder.text_config["num_hidden_layers"])
+        for n in ENCODER_LINEARS
     ]
     quant = LayerQuant(smooth=None, act_scale=None, granularity=weights.granularity)  # scales as each weight streams
     record = {"scales_hash": "computed-while-streaming", "recipe": {"name": f"encoder-{fmt}-weight-only"}}

@@ -100,7 +100,8 @@ def _evaluate(expression: str, symbols: dict[str, int]) -> int | None:
 
 
 def needs(artifacts) -> dict[str, Need]:
-    """Per phase: the weight files' bytes (each file once) and the largest activation peak."""
+    """Per phase: the weight files' bytes (each file once) and the constants inside each graph,
+    and the largest activation peak."""
     result = {}
     for phase, components in PHASES.items():
         present = [c for c in components if c in artifacts.components]
@@ -109,8 +110,18 @@ def needs(artifacts) -> dict[str, Need]:
         peaks = [activation_peak(artifacts.verify(c), _max_shapes(artifacts.component(c))) for c in present]
         files = {f for c in present for f in artifacts.component(c)["files"] if not f.endswith(".onnx")}
         weights = sum(artifacts.inside(f).stat().st_size for f in files)
+        weights += sum(inline_bytes(artifacts.verify(c)) for c in present)
         result[phase] = Need(weights, max(p for p, _ in peaks), sum(u for _, u in peaks))
     return result
+
+
+def inline_bytes(graph_path: Path) -> int:
+    """The bytes of the constants stored in the graph file itself: the Q/DQ scales among them,
+    an fp16 per 64 weights of an INT4 graph (1/17 of its weights), and small tables."""
+    import onnx
+
+    model = onnx.load(str(graph_path), load_external_data=False)
+    return sum(len(t.raw_data) for t in model.graph.initializer if not t.external_data)
 
 
 def matrices(graph_path: Path, prefix: str = "transformer.") -> dict[str, int]:

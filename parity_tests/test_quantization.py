@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from qiedge.core.artifacts import Artifacts
 from qiedge.core.metrics import Comparison
 from qiedge.export.cases import PREFIX
@@ -238,6 +239,10 @@ def test_encoder_graph_equals_the_fake_quant_encoder(fmt, tiny_dir, model, tmp_p
 
     fp32 = model.load_condition_encoder()
     fake = quantized_encoder(fp32, encoder_quants(fp32.model, recipe.encoder), fmt)
+    first = encoder["layers_quantized"][0]
+    assert type(fp32.model.get_submodule(first)) is torch.nn.Linear  # the original is left as it was
+    embeddings = "model.language_model.embed_tokens"
+    assert fake.model.get_submodule(embeddings).weight is fp32.model.get_submodule(embeddings).weight  # shared
     graph_encoder = OnnxRuntimeBackend(artifacts).prompt_encoder(artifacts.facts)
     batch = ["a red circle on the left on a blue background", "two small green squares"]
     ours, expected, reference = (e(batch, []) for e in (graph_encoder, fake, fp32))
@@ -259,14 +264,27 @@ def test_recipe_keeps_named_layers():
         replace(recipe, format="int3")
 
 
+def test_a_target_psnr_the_quantized_encoder_alone_misses_is_refused(tiny_dir, tmp_path):
+    prompts = tmp_path / "eval_prompts.txt"
+    prompts.write_text("\n".join(prompt_set("held-out", 4)))
+    recipe = replace(Recipe.load("int4"), encoder=EncoderWeights.named("int4"))
+    with pytest.raises(ValueError, match=r"--target-psnr 200 is out of reach: the quantized encoder alone gives \d"):
+        quantize(tiny_dir, recipe, tmp_path / "art", target_psnr=200, eval_prompts=str(prompts), log=lambda m: None)
+    assert not (tmp_path / "art").exists()
+
+
 def test_encoder_weights_in_a_recipe_file(tmp_path):
     recipe = replace(Recipe.load("int8"), encoder=EncoderWeights.named("int4"))
     path = tmp_path / "recipe.json"
     path.write_text(recipe.to_json())
     assert Recipe.load(str(path)) == recipe and recipe.encoder.granularity == "group:64"
+    assert (recipe.encoder.bits, recipe.bits) == (4.25, 8)  # int4: an fp16 scale per 64 weights
     for bad in (("int8", 64), ("int4", None), ("int4", 48), ("fp8", None)):
         with pytest.raises(ValueError, match="encoder weights are int8"):
             EncoderWeights(*bad)
+    path.write_text(recipe.to_json().replace('"group_size": 64\n  }', '"group_size": 64, "bits": 3\n  }'))
+    with pytest.raises(ValueError, match=f"recipe {path}: .*unexpected keyword argument 'bits'"):
+        Recipe.load(str(path))
 
 
 def test_the_image_bound_is_the_loosest_graphs():

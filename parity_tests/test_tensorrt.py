@@ -34,7 +34,7 @@ from qiedge.export.tensorrt import SCRIPT, TensorRTOptions
 from qiedge.export.tensorrt_islands import ISLAND_OPS
 from qiedge.export.tensorrt_profiles import profile, trtexec_command
 from qiedge.parity.checks import case_context, run_parity
-from qiedge.quantization.recipe import Recipe
+from qiedge.quantization.recipe import EncoderWeights, Recipe
 from qiedge.quantization.run import quantize
 from qiedge.reference_model import presets
 from qiedge.reference_model.model_dir import ModelDir, demo_model_dir
@@ -74,11 +74,15 @@ def trt_quantized(tiny_dir, tmp_path_factory):
             calibration = dataclasses.replace(recipe.calibration_set, count=4, cfg_prompts=1)
             keep = ("img_in", "txt_in.*", "time_text_embed.*", "modulation.*", "norm_out.*", "proj_out")
             recipe = dataclasses.replace(recipe, keep_high_precision=keep, calibration_set=calibration)
+            components = ["transformer_prefix", "transformer_step"]
+            if fmt == "int4":  # with the condition encoder's weights too (--encoder-weights int4)
+                recipe = dataclasses.replace(recipe, encoder=EncoderWeights.named("int4"))
+                components.append("condition_encoder")
             prompts = root / "prompts.txt"
             prompts.write_text("\n".join(prompt_set("held-out", 4)))
             quantize(
                 tiny_dir, recipe, root / "art", eval_prompts=str(prompts), log=lambda m: None,
-                components=["transformer_prefix", "transformer_step"], target="tensorrt",
+                components=components, target="tensorrt",
                 target_options={"precision": recipe.format, "device": "hopper"},
             )  # fmt: skip
             made[fmt] = root / "art"
@@ -171,6 +175,8 @@ def test_quantized_graphs_on_onnx_runtime(trt_quantized, tiny_dir, fmt):
     manifest = Artifacts.open(trt_quantized(fmt)).manifest
     assert manifest["precision"] == fmt.removesuffix("-attention")
     assert manifest["components"]["transformer_step"]["opset"] >= 19
+    encoder = manifest["components"].get("condition_encoder", {}).get("precision")
+    assert encoder == ("int4" if fmt == "int4" else None)  # the fixture's int4 has --encoder-weights int4
 
 
 def test_fp8_attention_is_in_the_pattern_tensorrt_fuses(trt_quantized, tiny_dir):
@@ -459,7 +465,7 @@ def test_memory_plan_verdicts():
     assert tensorrt_memory.advice(plans, tiled=True) == tensorrt_memory.advice(plans[1:], tiled=False) == []
 
 
-def test_cli_memory_plan_of_exported_graphs(trt_fp16):
+def test_cli_memory_plan_of_exported_graphs(trt_fp16, trt_quantized):
     result = qiedge("inspect", "--target", "tensorrt", "--artifacts", str(trt_fp16), "--device", "orin", "--json")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
@@ -469,7 +475,8 @@ def test_cli_memory_plan_of_exported_graphs(trt_fp16):
         for f in {f for c in ("transformer_prefix", "transformer_step") for f in artifacts.component(c)["files"]}
         if not f.endswith(".onnx")
     )
-    assert payload["needs"]["transformer"]["weights"] == weights
+    inline = sum(tensorrt_memory.inline_bytes(artifacts.verify(c)) for c in ("transformer_prefix", "transformer_step"))
+    assert payload["needs"]["transformer"]["weights"] == weights + inline and 0 < inline < weights / 100
     assert all(n["activations"] > 0 for n in payload["needs"].values())
     # Every tensor sized, but the encoder's few position ranges ONNX's inference cannot follow.
     assert payload["needs"]["transformer"]["unresolved"] == payload["needs"]["vae_decoder"]["unresolved"] == 0
@@ -479,15 +486,10 @@ def test_cli_memory_plan_of_exported_graphs(trt_fp16):
     # Orin has no FP8; the shipped recipes keep the first and last blocks, all the tiny model has.
     estimates = [(e["precision"], e["quantized_weights"], e["encoder_int4"]) for e in payload["estimates"]]
     assert estimates == [(p, 0, encoder) for p in ("int8", "int4") for encoder in (False, True)]
-    # --encoder-weights int4: each Linear of the encoder's decoder layers at 4 bits and a scale per 64.
-    import onnx
-
-    graph = onnx.load(str(artifacts.verify("condition_encoder")), load_external_data=False).graph
-    layers = [t for t in graph.initializer if t.name.startswith("model.language_model.layers.") and len(t.dims) == 2]
-    linear = sum(t.dims[0] * t.dims[1] for t in layers)
+    # --encoder-weights int4: the estimate is what the encoder's INT4 graph weighs, its scales included.
     fp16, int4 = (payload["estimates"][i]["weights"]["condition_encoder"] for i in (0, 1))
     assert fp16 == payload["needs"]["condition_encoder"]["weights"]
-    assert linear > 0 and int4 == fp16 - int(linear * (16 - 4.25) / 8)
+    assert int4 == tensorrt_memory.needs(Artifacts.open(trt_quantized("int4")))["condition_encoder"].weights < fp16
 
 
 def test_requantized_weights():
@@ -591,10 +593,10 @@ def test_static_engines_take_shorter_prompts_and_smaller_batches(trt_fp16, tiny_
         padded("transformer_prefix").run({"key_valid": np.ones((1, 41), bool)})
 
 
-def test_a_dynamic_engine_runs_a_larger_batch_in_parts(trt_fp16):
+def test_a_dynamic_engine_runs_a_larger_batch_in_parts(trt_fp16, tiny_dir):
     """The tensorrt backend's session over a dynamic engine built for --max-batch 1, here around
     ONNX Runtime sessions of the same graphs: a two-image request runs as one-item calls and draws
-    the images the graphs draw in one batch."""
+    the images the graphs draw in one batch; the vision tower, one image by its contract, runs as is."""
     from qiedge.core.metrics import psnr
     from qiedge.runtime.arrays import HOST
     from qiedge.runtime.backends.onnx_runtime import OnnxRuntimeBackend
@@ -615,3 +617,6 @@ def test_a_dynamic_engine_runs_a_larger_batch_in_parts(trt_fp16):
     assert expected.shape[0] == 2 and psnr(generate(request, artifacts.facts, parts), expected, peak=1.0) >= 60
     batches = {shape[0] for call in calls for name, shape in call.items() if name in ("input_ids", "latents")}
     assert batches == {1} and len(calls) > 0
+    _, feeds = next(iter(SPECS["vision_encoder"].cases(case_context(artifacts, ModelDir.open(tiny_dir)))))
+    expected = backend.load("vision_encoder").run(feeds)
+    assert all(np.array_equal(v, expected[n]) for n, v in parted("vision_encoder").run(feeds).items())

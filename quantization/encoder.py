@@ -17,15 +17,13 @@ from dataclasses import replace
 from torch import nn
 
 from .fake_quant import QuantLinear, replace_linears
-from .recipe import EncoderWeights
+from .recipe import ENCODER_LAYERS, EncoderWeights
 from .scales import LayerQuant
-
-LAYERS = "model.language_model.layers."
 
 
 def encoder_layers(vl_model: nn.Module) -> list[str]:
     """The quantized Linear layers of transformers' Qwen3VLForConditionalGeneration."""
-    return [n for n, m in vl_model.named_modules() if isinstance(m, nn.Linear) and n.startswith(LAYERS)]
+    return [n for n, m in vl_model.named_modules() if isinstance(m, nn.Linear) and n.startswith(ENCODER_LAYERS)]
 
 
 def encoder_quants(vl_model: nn.Module, weights: EncoderWeights) -> dict[str, LayerQuant]:
@@ -40,7 +38,11 @@ def encoder_quants(vl_model: nn.Module, weights: EncoderWeights) -> dict[str, La
 
 def quantized_encoder(encoder, quants: dict[str, LayerQuant], fmt: str):
     """A copy of the prompt encoder (reference_model.condition_encoder.ConditionEncoder) whose
-    language model computes with the dequantized weights, as the Q/DQ graph does."""
+    language model computes with the dequantized weights, as the Q/DQ graph does. The copy shares
+    the original's parameters, its replaced Linears holding their dequantized weights instead: at
+    7B a whole deep copy would hold a second 30 GB of fp32 weights."""
+    shared = {id(p): p for p in encoder.model.parameters()}
+    model = replace_linears(copy.deepcopy(encoder.model, shared), quants, lambda linear, q: QuantLinear(linear, q, fmt))
     clone = copy.copy(encoder)
-    clone.model = replace_linears(copy.deepcopy(encoder.model), quants, lambda linear, q: QuantLinear(linear, q, fmt))
+    clone.model = model
     return clone

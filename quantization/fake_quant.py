@@ -18,8 +18,8 @@ from .scales import LayerQuant, attention_scales, dynamic_fake_quant, fake_quant
 class QuantLinear(nn.Module):
     def __init__(self, linear: nn.Linear, quant: LayerQuant, fmt: str):
         super().__init__()
-        if linear.bias is not None:  # no quantized layer of either model has one; the graphs assume none
-            raise ValueError("a quantized Linear has no bias")
+        if linear.bias is not None:  # no quantized layer of either model has one
+            raise ValueError("cannot quantize a Linear with a bias: the Q/DQ graphs carry none")
         self.register_buffer("weight", quant.dequantized(linear.weight, fmt))
         smooth = quant.smooth
         self.register_buffer("inv_smooth", None if smooth is None else 1 / torch.from_numpy(smooth))

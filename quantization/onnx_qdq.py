@@ -127,40 +127,19 @@ def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) ->
         matmul = uses[0].node
         const = functools.partial(_constant, graph, name)
 
-        if quant.group:
-            # Weight-only INT4: blocks of G input channels (axis 0 of the stored [in, out]) share a scale.
-            w_dq = ir.node(
-                "DequantizeLinear",
-                [weight, const("w_scale", weight_scale.T.astype(float_dtype).copy())],
-                attributes={"axis": 0, "block_size": quant.group},
-            )
-            graph.insert_before(matmul, [w_dq])
-            matmul.replace_input_with(1, w_dq.outputs[0])
-            count += 1
-            continue
         if quant.dynamic:
             if float_dtype != np.float32:
                 raise ValueError("dynamic int8 graphs are fp32 (DynamicQuantizeLinear reads float32)")
             _dynamic_matmul(graph, matmul, weight, weight_scale, const)
             count += 1
             continue
-        zp = _zero_point(plan.fmt)
-        axis = 1 if quant.granularity == "per-channel" else None
-        w_scale = weight_scale.astype(float_dtype)
-        w_dq = ir.node(
-            "DequantizeLinear",
-            [
-                weight,
-                const("w_scale", w_scale if axis else w_scale[0]),
-                const("w_zero_point", np.zeros(weight_scale.size, zp.dtype) if axis else zp),
-            ],
-            attributes={"axis": 1} if axis else {},
-        )
+        w_dq = _weight_dq(weight, weight_scale, quant, plan.fmt, float_dtype, const)
         if quant.act_scale is None:  # weight-only: the activations stay in float
             graph.insert_before(matmul, [w_dq])
             matmul.replace_input_with(1, w_dq.outputs[0])
             count += 1
             continue
+        zp = _zero_point(plan.fmt)
         nodes = [w_dq]
         x = matmul.inputs[0]
         if quant.smooth is not None:
@@ -175,6 +154,22 @@ def insert_qdq(model, key_prefix: str, plan: QdqPlan, float_dtype=np.float32) ->
         count += 1
     model.opset_imports[""] = plan.opset
     return count
+
+
+def _weight_dq(weight, weight_scale: np.ndarray, quant: LayerQuant, fmt: str, float_dtype, const):
+    """The DequantizeLinear of a stored [in, out] weight: blocks of G input channels (axis 0)
+    sharing a scale (INT4), or a scale per output channel (axis 1) or per tensor."""
+    import onnx_ir as ir
+
+    if quant.group:
+        scale = const("w_scale", weight_scale.T.astype(float_dtype).copy())
+        return ir.node("DequantizeLinear", [weight, scale], attributes={"axis": 0, "block_size": quant.group})
+    zp = _zero_point(fmt)
+    w_scale = weight_scale.astype(float_dtype)
+    if quant.granularity == "per-channel":
+        scale, zero = const("w_scale", w_scale), const("w_zero_point", np.zeros(weight_scale.size, zp.dtype))
+        return ir.node("DequantizeLinear", [weight, scale, zero], attributes={"axis": 1})
+    return ir.node("DequantizeLinear", [weight, const("w_scale", w_scale[0]), const("w_zero_point", zp)])
 
 
 def _dynamic_matmul(graph, matmul, weight, weight_scale: np.ndarray, const) -> None:

@@ -21,7 +21,14 @@ RECIPES = {
     "int4": HERE / "recipes" / "int4_weight_only.json",
 }
 FORMATS = ("int8", "fp8", "int4")
+# The condition encoder's quantized Linear layers: checkpoint names, also transformers' module
+# names and the exported graph's initializer names.
+ENCODER_LAYERS = "model.language_model.layers."
 QMAX = {"int8": 127.0, "fp8": 448.0, "int4": 7.0}  # symmetric int8/int4; float8 e4m3fn's largest finite value
+
+
+def stored_bits(fmt: str, group_size: int | None) -> float:
+    return 4 + 16 / group_size if fmt == "int4" else 8
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,11 @@ class EncoderWeights:
     @property
     def granularity(self) -> str:
         return f"group:{self.group_size}" if self.group_size else "per-channel"
+
+    @property
+    def bits(self) -> float:
+        """Stored bits per weight, fp16 scales included (per-channel ones left out: a row each)."""
+        return stored_bits(self.format, self.group_size)
 
     @classmethod
     def named(cls, format: str) -> EncoderWeights:
@@ -103,15 +115,23 @@ class Recipe:
         if not path.is_file():
             raise ValueError(f"no recipe {path_or_format!r}: give {', '.join(RECIPES)} or a recipe JSON file")
         data = json.loads(path.read_text())
-        data["keep_high_precision"] = tuple(data.get("keep_high_precision", ()))
-        calib = data.get("calibration_set", {})
-        data["calibration_set"] = CalibrationSet(**{**calib, "trajectories": tuple(calib.get("trajectories", ()))})
-        if data.get("encoder") is not None:
-            data["encoder"] = EncoderWeights(**data["encoder"])
-        return cls(**data)
+        try:
+            data["keep_high_precision"] = tuple(data.get("keep_high_precision", ()))
+            calib = data.get("calibration_set", {})
+            data["calibration_set"] = CalibrationSet(**{**calib, "trajectories": tuple(calib.get("trajectories", ()))})
+            if data.get("encoder") is not None:
+                data["encoder"] = EncoderWeights(**data["encoder"])
+            return cls(**data)
+        except TypeError as e:  # a field that is not one, or a section that is not an object
+            raise ValueError(f"recipe {path}: {e}") from None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
+
+    @property
+    def bits(self) -> float:
+        """Stored bits per quantized transformer weight, fp16 scales included (per group for int4)."""
+        return stored_bits(self.format, self.group_size)
 
     @property
     def calibrated(self) -> bool:

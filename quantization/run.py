@@ -73,6 +73,12 @@ def choose_layers(
 ) -> list[str]:
     """Keep the most sensitive layers in high precision, fewest first, until the image PSNR
     against fp32 (with the prompts encoded by `encode`, the shipped encoder) reaches the target."""
+    if encode is not None:  # a quantized encoder bounds the PSNR with every layer kept
+        alone = judge.image_figures(judge.images(judge.reference, encode))["psnr_db"]
+        if alone < target_psnr:
+            raise ValueError(
+                f"--target-psnr {target_psnr:g} is out of reach: the quantized encoder alone gives {alone:.1f} dB"
+            )
     chosen = list(layers)
     for kept in range(len(ranking) + 1):
         keep = set(list(ranking)[:kept])

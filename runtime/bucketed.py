@@ -1,5 +1,6 @@
 """A session over fixed-shape functions (core/buckets.py: Core ML's buckets, or a static TensorRT
-engine's one shape), which takes any shapes its functions cover.
+engine's one shape), which takes any shapes its functions cover; and one over a dynamic engine
+whose profile ends below the request's batch (`PartedSession`).
 
 - A batch runs in parts of the functions' batch: one item at a time where every function has
   batch 1 (Core ML), up to `--max-batch` items at once, the last part padded, on a static
@@ -49,7 +50,8 @@ class BucketedSession:
                     f"{self.component}: no bucket takes {name} (shape {tuple(feeds[name].shape)}): "
                     "these packages were exported for text-to-image only"
                 )
-        return in_parts(self, feeds, self.part, self._run_part)
+        feeds = {n: v for n, v in feeds.items() if n in self.inputs}
+        return in_parts(self.component, self.inputs, self.outputs, self.arrays, feeds, self.part, self._run_part)
 
     def _run_part(self, feeds: dict) -> dict:
         actual = read_dims(self.component, self.inputs, {n: tuple(v.shape) for n, v in feeds.items()})
@@ -98,25 +100,29 @@ class PartedSession:
         self.outputs = {t["name"]: t for t in entry["outputs"]}
 
     def run(self, feeds: dict) -> dict:
-        return in_parts(self, feeds, self.part, self.session.run)
+        feeds = {n: v for n, v in feeds.items() if n in self.inputs}
+        return in_parts(self.component, self.inputs, self.outputs, self.arrays, feeds, self.part, self.session.run)
 
 
-def in_parts(session, feeds: dict, part: int, run: Callable[[dict], dict]) -> dict:
-    """`run` over `part` batch items at a time, the outputs joined along their batch axes (the
-    declared `inputs` and `outputs` and the `arrays` of `session`)."""
-    feeds = {n: v for n, v in feeds.items() if n in session.inputs}
-    axes = {n: _axis(session.inputs[n]) for n in feeds}
+def in_parts(
+    component: str, inputs: dict, outputs: dict, arrays: Arrays, feeds: dict, part: int, run: Callable[[dict], dict]
+) -> dict:
+    """`run` over `part` batch items of `feeds` at a time, the outputs joined along their batch
+    axes (`inputs` and `outputs`: name -> manifest entry)."""
+    axes = {n: _axis(inputs[n]) for n in feeds}
+    if all(axis is None for axis in axes.values()):  # one item by its contract (the vision tower's image)
+        return run(feeds)
     sizes = {v.shape[axes[n]] for n, v in feeds.items() if axes[n] is not None}
     if len(sizes) != 1 or not min(sizes):
-        raise ValueError(f"{session.component}: the inputs' batch sizes are {sorted(sizes)}: one, of at least 1")
+        raise ValueError(f"{component}: the inputs' batch sizes are {sorted(sizes)}: one, of at least 1")
     parts = [
         run({n: _span(v, axes[n], start, part) for n, v in feeds.items()}) for start in range(0, sizes.pop(), part)
     ]
     return {
-        name: session.arrays.concat([p[name] for p in parts], axis=_axis(spec))
+        name: arrays.concat([p[name] for p in parts], axis=_axis(spec))
         if _axis(spec) is not None and len(parts) > 1
         else parts[0][name]
-        for name, spec in session.outputs.items()
+        for name, spec in outputs.items()
     }
 
 

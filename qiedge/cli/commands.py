@@ -461,7 +461,7 @@ def _inspect_memory(args) -> None:
     for e in estimates:
         encoder = " + --encoder-weights int4" if e["encoder_int4"] else ""
         bits = f"{e['bits']:g} bits per quantized transformer weight"
-        bits += f", {ENCODER_INT4_BITS:g} per encoder one" if e["encoder_int4"] else ""
+        bits += f", {e['encoder_bits']:g} per encoder one" if e["encoder_int4"] else ""
         lines.append(f"{e['precision']}{encoder}, estimated from these weights ({bits}):")
         lines += [f"{p['memory'] / gb:>4.0f} GB: {p['verdict']}" for p in e["plans"]]
     payload = {
@@ -474,32 +474,30 @@ def _inspect_memory(args) -> None:
     _emit(args, payload, "\n".join(lines))
 
 
-ENCODER_INT4_BITS = 4 + 16 / 64  # --encoder-weights int4: an fp16 scale per group of 64
-
-
 def _quantized_estimates(artifacts, needs, memories: list[int], workspace: int, device: str) -> list[dict]:
     """From fp16 artifacts, each quantized precision the device runs: the transformer's weights
     with the shipped recipe's layers at its width (activations as in fp16); where the condition
     encoder is exported, each also with its Linear weights in int4 (`--encoder-weights int4`)."""
     from qiedge.export import tensorrt_memory
     from qiedge.export.tensorrt_devices import DEVICES, QUANTIZED
-    from qiedge.quantization.encoder import LAYERS
-    from qiedge.quantization.recipe import Recipe
+    from qiedge.quantization.recipe import ENCODER_LAYERS, EncoderWeights, Recipe
 
     graphs = [c for c in tensorrt_memory.PHASES["transformer"] if c in artifacts.components]
     if artifacts.manifest["precision"] != "fp16" or not graphs:
         return []
     layers = {n: e for c in graphs for n, e in tensorrt_memory.matrices(artifacts.verify(c)).items()}
     blocks = artifacts.manifest["model"]["transformer"]["num_layers"]
-    variants = {False: {}}  # with the encoder's weights in int4: the phase need it replaces
+    # Whether the encoder's weights are int4 -> the needs that replace the fp16 artifacts' then.
+    variants = {False: {}}
+    encoder_bits = EncoderWeights.named("int4").bits
     if "condition_encoder" in needs:
-        linear = sum(tensorrt_memory.matrices(artifacts.verify("condition_encoder"), LAYERS).values())
-        encoder = tensorrt_memory.requantized(needs["condition_encoder"], linear, ENCODER_INT4_BITS)
+        linear = sum(tensorrt_memory.matrices(artifacts.verify("condition_encoder"), ENCODER_LAYERS).values())
+        encoder = tensorrt_memory.requantized(needs["condition_encoder"], linear, encoder_bits)
         variants[True] = {"condition_encoder": encoder}
     estimates = []
     for precision in (p for p in QUANTIZED if p in DEVICES[device].precisions):
         recipe = Recipe.load(precision)
-        bits = 4 + 16 / recipe.group_size if recipe.format == "int4" else 8  # int4: an fp16 scale per group
+        bits = recipe.bits
         elements = sum(layers[n] for n in recipe.quantized_layers(list(layers), blocks))
         transformer = {"transformer": tensorrt_memory.requantized(needs["transformer"], elements, bits)}
         for encoder_int4, encoder in variants.items():
@@ -511,6 +509,7 @@ def _quantized_estimates(artifacts, needs, memories: list[int], workspace: int, 
                     "bits": bits,
                     "quantized_weights": elements,
                     "encoder_int4": encoder_int4,
+                    "encoder_bits": encoder_bits if encoder_int4 else None,
                     "weights": {phase: n.weights for phase, n in need.items()},
                     "plans": plans,
                 }

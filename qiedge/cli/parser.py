@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder-weights",
         choices=("int4",),
         help="with --precision int8/fp8/int4: also the condition encoder's Linear weights in int4, "
-        "alone (groups of 64; 15.1 -> 4.9 GB at 7B)",
+        "weight-only (groups of 64; 15.1 -> 4.9 GB at 7B)",
     )
     trt.add_argument("--max-batch", type=int, help="the profiles' largest batch (default 1)")
     trt.add_argument("--static", action="store_true", default=None, help="min = opt = max shapes, for CUDA graphs")
@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=c.cmd_eval)
 
     p = sub.add_parser(
-        "quantize", help="INT8 / FP8 (or weight-only INT4) transformer: calibrate, measure, export Q/DQ ONNX"
+        "quantize",
+        help="INT8 / FP8 (or weight-only INT4) transformer, optionally the condition encoder's weights: "
+        "calibrate, measure, export Q/DQ ONNX",
     )
     p.add_argument("--model", help="model directory (default: the built-in demo model)")
     p.add_argument("--format", choices=("int8", "fp8", "int4"), required=True, help="int4 is weight-only, per group")
@@ -204,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--encoder-weights",
         choices=("int8", "int4"),
-        help="also the condition encoder's Linear weights, alone: int8 per channel, int4 in groups of 64",
+        help="also the condition encoder's Linear weights, weight-only: int8 per channel, int4 in groups of 64",
     )
     p.add_argument(
         "--optimize", choices=("cpu", "gpu", "none"), default="cpu", help="ONNX Runtime's fused operators (as export)"
