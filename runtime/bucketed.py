@@ -50,7 +50,6 @@ class BucketedSession:
                     f"{self.component}: no bucket takes {name} (shape {tuple(feeds[name].shape)}): "
                     "these packages were exported for text-to-image only"
                 )
-        feeds = {n: v for n, v in feeds.items() if n in self.inputs}
         return in_parts(self.component, self.inputs, self.outputs, self.arrays, feeds, self.part, self._run_part)
 
     def _run_part(self, feeds: dict) -> dict:
@@ -100,15 +99,15 @@ class PartedSession:
         self.outputs = {t["name"]: t for t in entry["outputs"]}
 
     def run(self, feeds: dict) -> dict:
-        feeds = {n: v for n, v in feeds.items() if n in self.inputs}
         return in_parts(self.component, self.inputs, self.outputs, self.arrays, feeds, self.part, self.session.run)
 
 
 def in_parts(
     component: str, inputs: dict, outputs: dict, arrays: Arrays, feeds: dict, part: int, run: Callable[[dict], dict]
 ) -> dict:
-    """`run` over `part` batch items of `feeds` at a time, the outputs joined along their batch
-    axes (`inputs` and `outputs`: name -> manifest entry)."""
+    """`run` over `part` batch items of `feeds` at a time (those `inputs` declares), the outputs
+    joined along their batch axes (`inputs` and `outputs`: name -> manifest entry)."""
+    feeds = {n: v for n, v in feeds.items() if n in inputs}
     axes = {n: _axis(inputs[n]) for n in feeds}
     if all(axis is None for axis in axes.values()):  # one item by its contract (the vision tower's image)
         return run(feeds)
