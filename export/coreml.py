@@ -1,14 +1,15 @@
 """The Core ML target: ML Programs, one multifunction `.mlpackage` per artifacts folder (or per
-chunk of the transformer).
+chunk).
 
 Core ML runs fastest on fixed shapes, so each graph is converted once per bucket (core/buckets.py:
 an image size, a prompt length, or both) and the buckets become functions of one package whose
 weights are stored once; the transformer's prefix and step graphs are functions of the same
 package. With `vae_tile` the VAE decoder's buckets are the shapes of its tiles (core/tiles.py),
 so a phone decodes a large image a tile's activations at a time. Where the Neural Engine may
-run it, the transformer is cut into chunks of at most `max_chunk_mb` of weights
-(export/chunks.py), each its own package. iOS17 has no multifunction packages, so there each
-graph is its own package with one bucket.
+run them, the transformer and the condition encoder are cut into chunks of at most
+`max_chunk_mb` of weights (export/chunks.py), each its own package, all planned before anything
+converts. iOS17 has no multifunction packages, so there each graph is its own package with one
+bucket.
 
 One stage, "convert" (export/stages.py runs it), one unit (a component or a chunk) at a time: its
 weights streamed from the source into the reference wrapper, then per bucket `torch.export` at
@@ -38,7 +39,7 @@ from qiedge.core.tiles import decoded_sizes, tiling_for
 from . import chunks, coreml_attention, coreml_compress, coreml_fp16, coreml_validate
 from .chunks import Chunk
 from .coreml_convert import convert, empty_inputs, interface, load_module
-from .specs import ComponentSpec
+from .specs import SPECS, ComponentSpec, ModelConfigs
 from .stages import ExportError, GraphJob, Stage, configure
 
 DEPLOYMENT_TARGETS = ("iOS18", "macOS15", "iOS17")
@@ -133,21 +134,39 @@ class CoreMLTarget:
             raise ExportError("Q/DQ passes are ONNX-only; Core ML packages compress with --compress")
         return [Stage("convert", self._convert, self._check_saved)]
 
+    def prepare(self, configs: ModelConfigs, components: Sequence[str], precision: str) -> None:
+        """Every chunked component planned before anything converts, so that a limit a block (or
+        the token table) cannot meet is refused at once, not after hours of the 7B transformer."""
+        for name in components:
+            if name in chunks.CHUNKED:
+                self._plan(SPECS[name], configs, precision)
+
+    def _plan(self, spec: ComponentSpec, configs: ModelConfigs, precision: str) -> list[Chunk]:
+        o = self.options
+        if o.chunk_limit_mb is None:
+            return []
+        float_bytes = {"fp16": 2, "fp32": 4}[precision]
+        mode, sensitive = coreml_compress.mode_for(o.compress, spec.weights), self._sensitive(configs)
+
+        def stored(key, shape):
+            return coreml_compress.stored_bytes(mode, float_bytes, key, shape, sensitive)
+
+        return chunks.plan(spec.name, configs, stored, o.chunk_limit_mb)
+
     def _units(self, job: GraphJob) -> list[Unit]:
-        spec, o = job.spec, self.options
+        spec = job.spec
         if spec.name in chunks.CHUNKED and "chunks" not in job.shared:
-            limit = o.chunk_limit_mb
-            float_bytes = {"fp16": 2, "fp32": 4}[self._precision(job)]
-
-            def stored(key, shape):
-                return coreml_compress.stored_bytes(o.compress, float_bytes, key, shape, self._sensitive(job))
-
-            job.shared["chunks"] = chunks.plan(job.configs, stored, limit) if limit else []
+            # One plan per folder: the transformer's prefix and step share their chunks' packages.
+            job.shared["chunks"] = self._plan(spec, job.configs, self._precision(job))
         planned = job.shared.get("chunks", [])
         if len(planned) <= 1:
             return [Unit(spec, "model" if self.multifunction else spec.stem)]
         return [
-            Unit(chunks.chunk_spec(spec, c), c.package if self.multifunction else f"{spec.stem}_{c.package}", c)
+            Unit(
+                chunks.chunk_spec(spec, c, job.configs),
+                c.package if self.multifunction else f"{spec.stem}_{c.package}",
+                c,
+            )
             for c in planned
         ]
 
@@ -160,7 +179,7 @@ class CoreMLTarget:
         o, precision = self.options, self._precision(job)
         mode, sensitive, dropped = (
             coreml_compress.mode_for(o.compress, job.spec.weights),
-            self._sensitive(job),
+            self._sensitive(job.configs),
             job.dropped_tokens,
         )
         job.graph = self._units(job)
@@ -207,8 +226,8 @@ class CoreMLTarget:
         shutil.rmtree(package, ignore_errors=True)
         merged.rename(package)
 
-    def _sensitive(self, job: GraphJob) -> tuple[str, ...]:
-        last = str(job.configs.transformer.num_layers - 1)
+    def _sensitive(self, configs: ModelConfigs) -> tuple[str, ...]:
+        last = str(configs.transformer.num_layers - 1)
         return tuple(p.replace("{last}", last) for p in self.options.sensitive)
 
     def _check_saved(self, job: GraphJob) -> None:
@@ -229,7 +248,7 @@ class CoreMLTarget:
             # The split layout rewrites the transformer's attention; the others keep theirs.
             "attention": o.attention if job.spec.weights == "transformer" else coreml_attention.PLAIN,
             "compression": coreml_compress.record(
-                coreml_compress.mode_for(o.compress, job.spec.weights), self._sensitive(job)
+                coreml_compress.mode_for(o.compress, job.spec.weights), self._sensitive(job.configs)
             ),
             "fp32_ops": coreml_fp16.record(precision, job.spec.weights),
         }

@@ -269,6 +269,9 @@ class OnnxTarget:
     def configured(self, **options) -> OnnxTarget:
         return OnnxTarget(configure(self.name, self.options, options))
 
+    def prepare(self, configs, components, precision) -> None:
+        pass
+
     def stages(self, passes) -> list[Stage]:
         return [*build_stages(passes), Stage("fuse for onnxruntime", self._fuse), SAVE]
 

@@ -84,6 +84,9 @@ class Target(Protocol):
 
     def configured(self, **options) -> Target: ...  # the target with its own options set
 
+    # Refuses what it can tell will fail (Core ML: chunks), before the first component converts.
+    def prepare(self, configs: ModelConfigs, components: Sequence[str], precision: str) -> None: ...
+
     def stages(self, passes: Sequence[Pass]) -> list[Stage]: ...
 
     def entry(self, job: GraphJob) -> dict: ...  # target fields of the manifest entry (opset, ...)

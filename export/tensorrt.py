@@ -116,6 +116,9 @@ class TensorRTTarget:
     def configured(self, **options) -> TensorRTTarget:
         return TensorRTTarget(configure(self.name, self.options, options))
 
+    def prepare(self, configs, components, precision) -> None:
+        pass
+
     def stages(self, passes) -> list[Stage]:
         return [
             *onnx.build_stages(passes),

@@ -15,15 +15,16 @@ from torch import nn
 
 
 @contextlib.contextmanager
-def deepstack_added(layers: nn.ModuleList, features, index, slots):
+def deepstack_added(layers: nn.ModuleList, features, index, slots, owned: range):
     """Add each vision deepstack feature to the output of the decoder layer of the same number, at
-    the image tokens: what Qwen3VLTextModel does with `deepstack_visual_embeds`, written as a
-    gather instead of its boolean indexing, whose data-dependent shape no exporter keeps."""
+    the image tokens, for the layers in `owned`: what Qwen3VLTextModel does with
+    `deepstack_visual_embeds`, written as a gather instead of its boolean indexing, whose
+    data-dependent shape no exporter keeps."""
 
     def adder(i: int):
         return lambda module, args, output: torch.where(slots, output + features[i][index], output)
 
-    handles = [layers[i].register_forward_hook(adder(i)) for i in range(features.shape[0])]
+    handles = [layers[i].register_forward_hook(adder(i)) for i in range(features.shape[0]) if i in owned]
     try:
         yield
     finally:
@@ -48,12 +49,29 @@ class ConditionEncoderGraph(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, image_embeds, deepstack_embeds, image_index):
         text = self.model.language_model
+        embeds = embedded(text, input_ids, image_embeds, image_index)
+        layers = range(len(text.layers))
+        return decoded(text, embeds, attention_mask, position_ids, deepstack_embeds, image_index, layers)
+
+
+def embedded(text: nn.Module, input_ids, image_embeds, image_index):
+    """The prompt's embeddings, image rows (image_index > 0) taken from the vision tower's table."""
+    slots = (image_index > 0).unsqueeze(-1)
+    return torch.where(slots, image_embeds[image_index], text.embed_tokens(input_ids))
+
+
+def decoded(text: nn.Module, embeds, attention_mask, position_ids, deepstack_embeds, image_index, owned: range):
+    """Embeddings through the language model's decoder layers, before its final norm; the deepstack
+    features (None: none) are added after those of the layers in `owned` that take one (a chunk's
+    other layers pass the hidden states through)."""
+    added = contextlib.nullcontext()
+    if deepstack_embeds is not None:
         slots = (image_index > 0).unsqueeze(-1)
-        embeds = torch.where(slots, image_embeds[image_index], text.embed_tokens(input_ids))
-        with without_final_norm(text), deepstack_added(text.layers, deepstack_embeds, image_index, slots):
-            return text(
-                inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-            ).last_hidden_state
+        added = deepstack_added(text.layers, deepstack_embeds, image_index, slots, owned)
+    with without_final_norm(text), added:
+        return text(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
 
 
 def vision_attention(attn: nn.Module, x, cos, sin):

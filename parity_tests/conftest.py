@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,20 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def model(tiny_dir):
     return ModelDir.open(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def deeper_encoder_dir(tmp_path_factory):
+    """The tiny model with a three-layer condition encoder whose deepstack features go into its
+    first two layers: chunks of one layer each hand the features on (export/chunks.py)."""
+    encoder = presets.TINY.encoder
+    deeper = replace(
+        encoder,
+        text_config={**encoder.text_config, "num_hidden_layers": 3},
+        vision_config={**encoder.vision_config, "deepstack_visual_indexes": [0, 1]},
+    )
+    preset = replace(presets.TINY, name="tiny-deeper-encoder", encoder=deeper)
+    return init_model_dir(preset, tmp_path_factory.mktemp("models") / "deeper", seed=7)
 
 
 @pytest.fixture(scope="session")

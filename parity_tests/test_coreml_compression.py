@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from qiedge.core.artifacts import Artifacts
 from qiedge.core.buckets import parse_sizes
-from qiedge.export import chunks
 from qiedge.parity.checks import run_parity
 from qiedge.reference_model.model_dir import ModelDir
 
@@ -22,7 +21,13 @@ SIZE_RATIO = {"int8": 0.55, "int4": 0.30, "palettize4": 0.30, "palettize6": 0.45
 @pytest.fixture(scope="module")
 def uncompressed_bytes(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("coreml") / "fp16"
-    export(tiny_dir, out, sizes=parse_sizes("96x64"), prompt_lengths=(16,), components=list(chunks.CHUNKED))
+    export(
+        tiny_dir,
+        out,
+        sizes=parse_sizes("96x64"),
+        prompt_lengths=(16,),
+        components=["transformer_prefix", "transformer_step"],
+    )
     return weights_bytes(out / "transformer")
 
 

@@ -62,6 +62,23 @@ def test_every_component_and_whole_images_within_35_db(neural_engine, tiny_dir):
     assert {"pow", "reduce_mean", "rsqrt", "sin", "cos"} <= set(step["fp32_ops"])
 
 
+def test_condition_encoder_in_chunks(deeper_encoder_dir, tmp_path):
+    """A three-layer encoder in three packages: the first embeds the prompt, the second takes its
+    hidden states and still a deepstack feature, the third the hidden states alone."""
+    out = tmp_path / "encoder"
+    export(deeper_encoder_dir, out, max_chunk_mb=0.12, components=["condition_encoder"])
+    report = run_parity(out, deeper_encoder_dir, end_to_end=False)
+    assert report["passed"], report["failures"]
+    assert report["components"]["condition_encoder"]["cases"]
+    assert report["components"]["condition_encoder"]["worst_psnr_db"] >= 35
+    chunked = Artifacts.open(out).component("condition_encoder")["chunks"]
+    assert [c["layers"] for c in chunked] == [[0, 1], [1, 2], [2, 3]]
+    handed = ["hidden_in", "attention_mask", "position_ids"]
+    assert [t["name"] for t in chunked[1]["inputs"]] == [*handed, "deepstack_embeds", "image_index"]
+    assert [t["name"] for t in chunked[2]["inputs"]] == handed
+    assert [[t["name"] for t in c["outputs"]] for c in chunked] == [["hidden"], ["hidden"], ["hidden_states"]]
+
+
 def test_plain_attention_unchunked(tiny_dir, tmp_path):
     out = tmp_path / "gpu"
     export(tiny_dir, out, compute_units="cpu_and_gpu", prompt_lengths=(160,), components=TEXT_TO_IMAGE)

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     coreml.add_argument(
         "--max-chunk-mb",
         type=float,
-        help="cut the transformer into packages of at most this many MB of weights "
+        help="cut the transformer and the condition encoder into packages of at most this many MB of weights "
         "(default 1024 where the Neural Engine may run it, the limit iOS loads; none for cpu_and_gpu)",
     )
     trt = p.add_argument_group("TensorRT (--target tensorrt)")
