@@ -38,7 +38,7 @@ from qiedge.core.tiles import decoded_sizes, tiling_for
 
 from . import chunks, coreml_attention, coreml_compress, coreml_fp16, coreml_validate
 from .chunks import Chunk
-from .coreml_convert import convert, empty_inputs, interface, load_module
+from .coreml_convert import convert, empty_inputs, interface, load_module, tables_in_fp16
 from .specs import SPECS, ComponentSpec, ModelConfigs
 from .stages import ExportError, GraphJob, Stage, configure
 
@@ -191,6 +191,8 @@ class CoreMLTarget:
     def _convert_unit(self, job: GraphJob, unit: Unit, precision: str, mode, sensitive, dropped: int) -> None:
         o = self.options
         module = load_module(unit.spec, job.configs, job.source, job.extras)
+        if precision == "fp16":
+            tables_in_fp16(module)
         used = {str(d).rpartition("*")[2] for t in (*unit.spec.inputs, *unit.spec.outputs) for d in t.shape}
         unit.functions.update(functions(unit.spec.stem, used, o.sizes_for(unit.spec), o.prompt_lengths, dropped))
         if not self.multifunction:
