@@ -134,12 +134,14 @@ class CoreMLTarget:
             raise ExportError("Q/DQ passes are ONNX-only; Core ML packages compress with --compress")
         return [Stage("convert", self._convert, self._check_saved)]
 
-    def prepare(self, configs: ModelConfigs, components: Sequence[str], precision: str) -> None:
+    def prepare(self, configs: ModelConfigs, components: Sequence[str], precision: str, shared: dict) -> None:
         """Every chunked component planned before anything converts, so that a limit a block (or
-        the token table) cannot meet is refused at once, not after hours of the 7B transformer."""
+        the token table) cannot meet is refused at once, not after hours of the 7B transformer.
+        One plan per folder: the transformer's prefix and step share their chunks' packages."""
         for name in components:
-            if name in chunks.CHUNKED:
-                self._plan(SPECS[name], configs, precision)
+            folder = shared.setdefault(SPECS[name].folder, {})
+            if name in chunks.CHUNKED and "chunks" not in folder:
+                folder["chunks"] = self._plan(SPECS[name], configs, precision)
 
     def _plan(self, spec: ComponentSpec, configs: ModelConfigs, precision: str) -> list[Chunk]:
         o = self.options
@@ -154,11 +156,7 @@ class CoreMLTarget:
         return chunks.plan(spec.name, configs, stored, o.chunk_limit_mb)
 
     def _units(self, job: GraphJob) -> list[Unit]:
-        spec = job.spec
-        if spec.name in chunks.CHUNKED and "chunks" not in job.shared:
-            # One plan per folder: the transformer's prefix and step share their chunks' packages.
-            job.shared["chunks"] = self._plan(spec, job.configs, self._precision(job))
-        planned = job.shared.get("chunks", [])
+        spec, planned = job.spec, job.shared.get("chunks", [])
         if len(planned) <= 1:
             return [Unit(spec, "model" if self.multifunction else spec.stem)]
         return [

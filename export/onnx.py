@@ -269,7 +269,7 @@ class OnnxTarget:
     def configured(self, **options) -> OnnxTarget:
         return OnnxTarget(configure(self.name, self.options, options))
 
-    def prepare(self, configs, components, precision) -> None:
+    def prepare(self, configs, components, precision, shared) -> None:
         pass
 
     def stages(self, passes) -> list[Stage]:

@@ -104,10 +104,11 @@ def export_artifacts(
         raise ValueError(f"the {chosen.name} target exports {', '.join(chosen.precisions)}, not {precision!r}")
     names = components_of(chosen, components)
     configs = model_configs(model, preset)
-    chosen.prepare(configs, names, precision)
+    shared = {}  # folder -> what its graphs share (ONNX's weights file, Core ML's chunk plan)
+    entries = {}
+    chosen.prepare(configs, names, precision, shared)
     with staged_directory(Path(out)) as tmp:
         _write_tokenizer(tmp, model)  # first: a target may bucket prompts by the tokenizer's counts
-        shared, entries = {}, {}
         for name in names:
             spec = SPECS[name]
             start = time.perf_counter()

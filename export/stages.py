@@ -84,8 +84,9 @@ class Target(Protocol):
 
     def configured(self, **options) -> Target: ...  # the target with its own options set
 
-    # Refuses what it can tell will fail (Core ML: chunks), before the first component converts.
-    def prepare(self, configs: ModelConfigs, components: Sequence[str], precision: str) -> None: ...
+    # Refuses what it can tell will fail before the first component converts, and may seed each
+    # folder's shared state (`shared`: folder -> dict; Core ML: its chunk plan).
+    def prepare(self, configs: ModelConfigs, components: Sequence[str], precision: str, shared: dict) -> None: ...
 
     def stages(self, passes: Sequence[Pass]) -> list[Stage]: ...
 

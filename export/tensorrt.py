@@ -116,7 +116,7 @@ class TensorRTTarget:
     def configured(self, **options) -> TensorRTTarget:
         return TensorRTTarget(configure(self.name, self.options, options))
 
-    def prepare(self, configs, components, precision) -> None:
+    def prepare(self, configs, components, precision, shared) -> None:
         pass
 
     def stages(self, passes) -> list[Stage]:
